@@ -1,0 +1,615 @@
+// OpKernels of the MEM-REC ops (validation, output allocation) and their CPU
+// functors. The GPU functors live in memrec_kernels_gpu.cu.cc.
+#include <algorithm>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#define EIGEN_USE_THREADS
+#include "memrec_functors.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace memrec {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+namespace errors = ::tensorflow::errors;
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+using GPUDevice = Eigen::GpuDevice;
+
+// Accumulation type: float for float, half and bfloat16; double for double.
+template <typename T>
+struct AccumulatorOf {
+  using type = float;
+};
+template <>
+struct AccumulatorOf<double> {
+  using type = double;
+};
+
+namespace {
+
+// Attributes read once at construction.
+struct SignatureAttrs {
+  int num_hashes = 0;
+  int num_weight_hashes = 0;
+  int64_t seed = 0;
+  int64_t num_salts = 0;
+  int64_t vocab_size = 0;
+  int64_t num_head = 0;
+
+  Status Read(OpKernelConstruction* ctx) {
+    int64_t k, kw;
+    TF_RETURN_IF_ERROR(ctx->GetAttr("num_hashes", &k));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("num_weight_hashes", &kw));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("seed", &seed));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("num_salts", &num_salts));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("vocab_size", &vocab_size));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("num_head", &num_head));
+    if (k < 1 || k > kMaxHashes) {
+      return errors::InvalidArgument("num_hashes must be in [1, ", kMaxHashes,
+                                     "]: ", k);
+    }
+    if (kw < 0 || kw > kMaxHashes) {
+      return errors::InvalidArgument("num_weight_hashes must be in [0, ",
+                                     kMaxHashes, "]: ", kw);
+    }
+    if (num_head > 0 && vocab_size == 0) {
+      return errors::InvalidArgument(
+          "num_head needs a vocabulary (vocab_size > 0): num_head = ", num_head,
+          ", vocab_size = 0");
+    }
+    if (num_head > vocab_size) {
+      return errors::InvalidArgument("num_head must not exceed vocab_size: ",
+                                     num_head, " > ", vocab_size);
+    }
+    num_hashes = static_cast<int>(k);
+    num_weight_hashes = static_cast<int>(kw);
+    return ::tensorflow::OkStatus();
+  }
+
+  // The full signature for tables of the given row counts.
+  Status Make(int64_t token_rows, int64_t weight_rows, Signature* s) const {
+    if (token_rows < 1) {
+      return errors::InvalidArgument("token_table must have at least 1 row: ",
+                                     token_rows);
+    }
+    if (num_weight_hashes > 0 && weight_rows < 1) {
+      return errors::InvalidArgument(
+          "weight_table must have at least 1 row when num_weight_hashes > 0: ",
+          weight_rows);
+    }
+    if (vocab_size > 0) {
+      if (token_rows - num_head < num_hashes) {
+        return errors::InvalidArgument(
+            "token_table has ", token_rows, " rows but a vocabulary signature "
+            "needs at least num_head + num_hashes = ", num_head + num_hashes);
+      }
+      if (weight_rows < num_weight_hashes) {
+        return errors::InvalidArgument(
+            "weight_table has ", weight_rows, " rows but a vocabulary "
+            "signature needs at least num_weight_hashes = ", num_weight_hashes);
+      }
+    }
+    *s = Signature{};
+    s->num_hashes = num_hashes;
+    s->num_weight_hashes = num_weight_hashes;
+    s->num_token_rows = token_rows;
+    s->num_weight_rows = weight_rows;
+    s->seed = seed;
+    s->num_salts = num_salts;
+    s->vocab_size = vocab_size;
+    s->num_head = num_head;
+    FinishSignature(s);
+    return ::tensorflow::OkStatus();
+  }
+};
+
+Status ParseCombiner(const std::string& name, int* combiner) {
+  if (name == "none") *combiner = kNone;
+  else if (name == "sum") *combiner = kSum;
+  else if (name == "mean") *combiner = kMean;
+  else if (name == "sqrtn") *combiner = kSqrtn;
+  else return errors::InvalidArgument("unknown combiner: '", name, "'");
+  return ::tensorflow::OkStatus();
+}
+
+// Attributes and input checks shared by the forward and gradient kernels.
+// `first` is the index of the `ids` input (0 forward, 1 gradient).
+template <typename T>
+class LookupInputs {
+ public:
+  Status Read(OpKernelConstruction* ctx) {
+    TF_RETURN_IF_ERROR(attrs_.Read(ctx));
+    std::string combiner, weight_mode;
+    TF_RETURN_IF_ERROR(ctx->GetAttr("combiner", &combiner));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("weight_mode", &weight_mode));
+    TF_RETURN_IF_ERROR(ParseCombiner(combiner, &combiner_));
+    per_hash_ = weight_mode == "per_hash";
+    return ::tensorflow::OkStatus();
+  }
+
+  // Checks every input before anything is allocated. `splits_on_host` is the
+  // row_splits tensor in host memory (always true for the CPU kernels; the
+  // GPU kernels declare row_splits as HostMemory).
+  Status Validate(OpKernelContext* ctx, int first, LookupArgs<T>* args) const {
+    const Tensor& ids = ctx->input(first);
+    const Tensor& splits = ctx->input(first + 1);
+    const Tensor& weights = ctx->input(first + 2);
+    const Tensor& table = ctx->input(first + 3);
+    const Tensor& weight_table = ctx->input(first + 4);
+    if (ids.dims() != 1) {
+      return errors::InvalidArgument("ids must be a vector (rank 1), got shape ",
+                                     ids.shape().DebugString());
+    }
+    const int64_t n = ids.dim_size(0);
+    if (splits.dims() != 1) {
+      return errors::InvalidArgument(
+          "row_splits must be a vector (rank 1), got shape ",
+          splits.shape().DebugString());
+    }
+    int64_t num_rows = n;
+    if (combiner_ == kNone) {
+      if (splits.NumElements() != 0) {
+        return errors::InvalidArgument(
+            "row_splits must be empty when combiner is 'none', got shape ",
+            splits.shape().DebugString());
+      }
+    } else {
+      if (splits.NumElements() < 1) {
+        return errors::InvalidArgument(
+            "row_splits must hold B + 1 >= 1 offsets for B bags, got shape ",
+            splits.shape().DebugString());
+      }
+      const auto s = splits.flat<int64_t>();
+      num_rows = splits.NumElements() - 1;
+      if (s(0) != 0) {
+        return errors::InvalidArgument("row_splits[0] must be 0, got ", s(0));
+      }
+      for (int64_t b = 1; b <= num_rows; ++b) {
+        if (s(b) < s(b - 1)) {
+          return errors::InvalidArgument(
+              "row_splits must be non-decreasing, but row_splits[", b,
+              "] = ", s(b), " < row_splits[", b - 1, "] = ", s(b - 1));
+        }
+      }
+      if (s(num_rows) != n) {
+        return errors::InvalidArgument(
+            "row_splits must end at the number of ids (", n, "), got row_splits[",
+            num_rows, "] = ", s(num_rows));
+      }
+    }
+    if (weights.dims() != 1 ||
+        (weights.NumElements() != 0 && weights.NumElements() != n)) {
+      return errors::InvalidArgument(
+          "weights must be a vector of length 0 (no weights) or the number of "
+          "ids (", n, "), got shape ", weights.shape().DebugString());
+    }
+    if (table.dims() != 2) {
+      return errors::InvalidArgument(
+          "token_table must be a matrix [m, d], got shape ",
+          table.shape().DebugString());
+    }
+    const int width = per_hash_ ? attrs_.num_hashes : 1;
+    if (weight_table.dims() != 2 || weight_table.dim_size(1) != width) {
+      return errors::InvalidArgument(
+          "weight_table must be a matrix [m_w, ", width, "] (weight_mode '",
+          per_hash_ ? "per_hash" : "scalar", "' with num_hashes = ",
+          attrs_.num_hashes, "), got shape ",
+          weight_table.shape().DebugString());
+    }
+    TF_RETURN_IF_ERROR(attrs_.Make(table.dim_size(0), weight_table.dim_size(0),
+                                   &args->signature));
+    args->combiner = combiner_;
+    args->per_hash = per_hash_;
+    args->num_ids = n;
+    args->num_rows = num_rows;
+    args->dim = table.dim_size(1);
+    args->weight_width = width;
+    args->ids = ids.flat<int64_t>().data();
+    args->row_splits = splits.flat<int64_t>().data();
+    args->weights = weights.NumElements() == 0 ? nullptr : weights.flat<T>().data();
+    args->token_table = table.flat<T>().data();
+    args->weight_table = weight_table.flat<T>().data();
+    return ::tensorflow::OkStatus();
+  }
+
+ private:
+  SignatureAttrs attrs_;
+  int combiner_ = kSum;
+  bool per_hash_ = false;
+};
+
+// Bounds of output row r in the ids.
+template <typename T>
+inline void RowBounds(const LookupArgs<T>& a, int64_t r, int64_t* lo,
+                      int64_t* hi) {
+  if (a.combiner == kNone) {
+    *lo = r;
+    *hi = r + 1;
+  } else {
+    *lo = a.row_splits[r];
+    *hi = a.row_splits[r + 1];
+  }
+}
+
+template <typename T, typename Acc>
+inline Acc BagScaleOf(const LookupArgs<T>& a, int64_t lo, int64_t hi) {
+  if (a.combiner != kMean && a.combiner != kSqrtn) return Acc(1);
+  Acc sum = Acc(0), square_sum = Acc(0);
+  for (int64_t n = lo; n < hi; ++n) {
+    const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
+    sum += w;
+    square_sum += w * w;
+  }
+  return BagScale<Acc>(a.combiner, sum, square_sum);
+}
+
+void ParallelFor(OpKernelContext* ctx, int64_t total, int64_t cost_per_unit,
+                 const std::function<void(int64_t, int64_t)>& work) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  workers->ParallelFor(total, cost_per_unit, work);
+}
+
+// Entries (token or weight slots) grouped by the table row they touch.
+// Within a row, entries keep ascending order, so sums are deterministic.
+struct RowGroups {
+  std::vector<int64_t> rows;    // distinct rows, ascending
+  std::vector<int64_t> starts;  // group u is order[starts[u] .. starts[u+1])
+  std::vector<int64_t> order;   // entry indices
+};
+
+void GroupByRow(const std::vector<int64_t>& entry_rows, int64_t table_rows,
+                RowGroups* g) {
+  const int64_t e = static_cast<int64_t>(entry_rows.size());
+  g->rows.clear();
+  g->starts.assign(1, 0);
+  g->order.resize(e);
+  if (table_rows <= 4 * e + 4096) {
+    // Counting sort: linear in entries plus table rows.
+    std::vector<int64_t> next(table_rows + 1, 0);
+    for (int64_t i = 0; i < e; ++i) ++next[entry_rows[i] + 1];
+    for (int64_t r = 0; r < table_rows; ++r) {
+      if (next[r + 1] > 0) {
+        g->rows.push_back(r);
+        g->starts.push_back(g->starts.back() + next[r + 1]);
+      }
+      next[r + 1] += next[r];
+    }
+    for (int64_t i = 0; i < e; ++i) g->order[next[entry_rows[i]]++] = i;
+  } else {
+    // Few entries in a large table: sort them.
+    std::iota(g->order.begin(), g->order.end(), 0);
+    std::stable_sort(g->order.begin(), g->order.end(),
+                     [&](int64_t x, int64_t y) {
+                       return entry_rows[x] < entry_rows[y];
+                     });
+    for (int64_t i = 0; i < e; ++i) {
+      if (i == 0 || entry_rows[g->order[i]] != entry_rows[g->order[i - 1]]) {
+        if (i > 0) g->starts.push_back(i);
+        g->rows.push_back(entry_rows[g->order[i]]);
+      }
+    }
+    if (e > 0) g->starts.push_back(e);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- CPU functors
+
+template <typename T>
+struct LookupFunctor<CPUDevice, T> {
+  Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a, T* output) {
+    using Acc = typename AccumulatorOf<T>::type;
+    const Signature& s = a.signature;
+    const int64_t d = a.dim;
+    auto work = [&](int64_t begin, int64_t end) {
+      std::vector<Acc> acc(d);
+      int64_t token_rows[kMaxHashes], weight_rows[kMaxHashes];
+      Acc alpha[kMaxHashes];
+      for (int64_t r = begin; r < end; ++r) {
+        int64_t lo, hi;
+        RowBounds(a, r, &lo, &hi);
+        std::fill(acc.begin(), acc.end(), Acc(0));
+        for (int64_t n = lo; n < hi; ++n) {
+          const int64_t id = a.ids[n];
+          const uint64_t key = PositionKey(s, id, n);
+          TokenRows(s, id, key, token_rows);
+          WeightRows(s, id, key, weight_rows);
+          Alpha(s, a.weight_table, a.weight_width, weight_rows, alpha);
+          const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
+          for (int i = 0; i < s.num_hashes; ++i) {
+            const Acc f = w * alpha[a.per_hash ? i : 0];
+            const T* row = a.token_table + token_rows[i] * d;
+            for (int64_t c = 0; c < d; ++c) acc[c] += f * static_cast<Acc>(row[c]);
+          }
+        }
+        const Acc scale = BagScaleOf<T, Acc>(a, lo, hi);
+        T* out = output + r * d;
+        for (int64_t c = 0; c < d; ++c) out[c] = static_cast<T>(scale * acc[c]);
+      }
+    };
+    const int64_t ids_per_row =
+        a.num_rows > 0 ? std::max<int64_t>(1, a.num_ids / a.num_rows) : 1;
+    ParallelFor(ctx, a.num_rows, ids_per_row * (s.num_hashes * (d + 40) + 40),
+                work);
+    return ::tensorflow::OkStatus();
+  }
+};
+
+template <typename T>
+struct LookupGradFunctor<CPUDevice, T> {
+  Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a,
+                    const T* grad) {
+    using Acc = typename AccumulatorOf<T>::type;
+    const Signature& s = a.signature;
+    const int k = s.num_hashes, kw = s.num_weight_hashes;
+    const int width = a.weight_width;
+    const int64_t n_ids = a.num_ids, d = a.dim;
+
+    // Per id: its rows, its alpha, its output row and the factor
+    // (weight times bag scale) that its contributions carry.
+    std::vector<int64_t> token_rows(n_ids * k), weight_rows(n_ids * kw);
+    std::vector<int64_t> out_row(n_ids);
+    std::vector<Acc> coef(n_ids), alpha(n_ids * width);
+    auto per_id = [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        int64_t lo, hi;
+        RowBounds(a, r, &lo, &hi);
+        const Acc scale = BagScaleOf<T, Acc>(a, lo, hi);
+        for (int64_t n = lo; n < hi; ++n) {
+          const int64_t id = a.ids[n];
+          const uint64_t key = PositionKey(s, id, n);
+          TokenRows(s, id, key, &token_rows[n * k]);
+          WeightRows(s, id, key, &weight_rows[n * kw]);
+          Alpha(s, a.weight_table, width, &weight_rows[n * kw], &alpha[n * width]);
+          const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
+          coef[n] = w * scale;
+          out_row[n] = r;
+        }
+      }
+    };
+    ParallelFor(ctx, a.num_rows, 200 * (k + kw + 1), per_id);
+
+    // Token table: sum coef * alpha_i * grad[row of id] over the slots of
+    // each distinct row; rows are independent, so they run in parallel.
+    RowGroups groups;
+    GroupByRow(token_rows, s.num_token_rows, &groups);
+    const int64_t u = static_cast<int64_t>(groups.rows.size());
+    Tensor* rows_out = nullptr;
+    Tensor* values_out = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({u}), &rows_out));
+    TF_RETURN_IF_ERROR(
+        ctx->allocate_output(1, TensorShape({u, d}), &values_out));
+    std::copy(groups.rows.begin(), groups.rows.end(),
+              rows_out->flat<int64_t>().data());
+    T* values = values_out->flat<T>().data();
+    auto token_work = [&](int64_t begin, int64_t end) {
+      std::vector<Acc> acc(d);
+      for (int64_t g = begin; g < end; ++g) {
+        std::fill(acc.begin(), acc.end(), Acc(0));
+        for (int64_t e = groups.starts[g]; e < groups.starts[g + 1]; ++e) {
+          const int64_t slot = groups.order[e];
+          const int64_t n = slot / k;
+          const Acc f = coef[n] * alpha[n * width + (a.per_hash ? slot % k : 0)];
+          const T* gr = grad + out_row[n] * d;
+          for (int64_t c = 0; c < d; ++c) acc[c] += f * static_cast<Acc>(gr[c]);
+        }
+        T* out = values + g * d;
+        for (int64_t c = 0; c < d; ++c) out[c] = static_cast<T>(acc[c]);
+      }
+    };
+    const int64_t slots_per_row = u > 0 ? std::max<int64_t>(1, n_ids * k / u) : 1;
+    ParallelFor(ctx, u, slots_per_row * (2 * d + 20), token_work);
+
+    // Weight table: d(output)/d(alpha) is the dot product of the output
+    // gradient with the token rows (their sum in scalar mode).
+    std::vector<Acc> dots(kw > 0 ? n_ids * width : 0);
+    if (kw > 0) {
+      auto dot_work = [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          const T* gr = grad + out_row[n] * d;
+          Acc total = Acc(0);
+          for (int i = 0; i < k; ++i) {
+            const T* row = a.token_table + token_rows[n * k + i] * d;
+            Acc dot = Acc(0);
+            for (int64_t c = 0; c < d; ++c) {
+              dot += static_cast<Acc>(gr[c]) * static_cast<Acc>(row[c]);
+            }
+            if (a.per_hash) dots[n * width + i] = coef[n] * dot;
+            total += dot;
+          }
+          if (!a.per_hash) dots[n] = coef[n] * total;
+        }
+      };
+      ParallelFor(ctx, n_ids, k * (2 * d + 20), dot_work);
+    }
+    RowGroups wgroups;
+    GroupByRow(weight_rows, kw > 0 ? s.num_weight_rows : 0, &wgroups);
+    const int64_t uw = static_cast<int64_t>(wgroups.rows.size());
+    TF_RETURN_IF_ERROR(ctx->allocate_output(2, TensorShape({uw}), &rows_out));
+    TF_RETURN_IF_ERROR(
+        ctx->allocate_output(3, TensorShape({uw, width}), &values_out));
+    std::copy(wgroups.rows.begin(), wgroups.rows.end(),
+              rows_out->flat<int64_t>().data());
+    T* wvalues = values_out->flat<T>().data();
+    for (int64_t g = 0; g < uw; ++g) {
+      for (int c = 0; c < width; ++c) {
+        Acc sum = Acc(0);
+        for (int64_t e = wgroups.starts[g]; e < wgroups.starts[g + 1]; ++e) {
+          sum += dots[(wgroups.order[e] / kw) * width + c];
+        }
+        wvalues[g * width + c] = static_cast<T>(sum);
+      }
+    }
+    return ::tensorflow::OkStatus();
+  }
+};
+
+template <>
+struct HashRowsFunctor<CPUDevice> {
+  Status operator()(OpKernelContext* ctx, const Signature& s,
+                    const int64_t* ids, int64_t num_ids, int64_t* token_rows,
+                    int64_t* weight_rows) {
+    auto work = [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const uint64_t key = PositionKey(s, ids[n], n);
+        TokenRows(s, ids[n], key, token_rows + n * s.num_hashes);
+        WeightRows(s, ids[n], key, weight_rows + n * s.num_weight_hashes);
+      }
+    };
+    ParallelFor(ctx, num_ids, 40 * (s.num_hashes + s.num_weight_hashes + 2),
+                work);
+    return ::tensorflow::OkStatus();
+  }
+};
+
+// ------------------------------------------------------------------ OpKernels
+
+template <typename Device, typename T>
+class LookupOp : public OpKernel {
+ public:
+  explicit LookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, inputs_.Read(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    LookupArgs<T> args;
+    OP_REQUIRES_OK(ctx, inputs_.Validate(ctx, 0, &args));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({args.num_rows, args.dim}), &output));
+    if (output->NumElements() == 0) return;
+    OP_REQUIRES_OK(ctx, LookupFunctor<Device, T>()(ctx, args,
+                                                    output->flat<T>().data()));
+  }
+
+ private:
+  LookupInputs<T> inputs_;
+};
+
+template <typename Device, typename T>
+class LookupGradOp : public OpKernel {
+ public:
+  explicit LookupGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, inputs_.Read(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    LookupArgs<T> args;
+    OP_REQUIRES_OK(ctx, inputs_.Validate(ctx, 1, &args));
+    const Tensor& grad = ctx->input(0);
+    OP_REQUIRES(ctx,
+                grad.dims() == 2 && grad.dim_size(0) == args.num_rows &&
+                    grad.dim_size(1) == args.dim,
+                errors::InvalidArgument(
+                    "grad must have the forward output's shape [", args.num_rows,
+                    ", ", args.dim, "], got ", grad.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, LookupGradFunctor<Device, T>()(
+                            ctx, args, grad.flat<T>().data()));
+  }
+
+ private:
+  LookupInputs<T> inputs_;
+};
+
+template <typename Device>
+class HashRowsOp : public OpKernel {
+ public:
+  explicit HashRowsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_token_rows", &token_rows_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_weight_rows", &weight_rows_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ids = ctx->input(0);
+    OP_REQUIRES(ctx, ids.dims() == 1,
+                errors::InvalidArgument("ids must be a vector (rank 1), got shape ",
+                                        ids.shape().DebugString()));
+    Signature s;
+    OP_REQUIRES_OK(ctx, attrs_.Make(token_rows_, weight_rows_, &s));
+    const int64_t n = ids.dim_size(0);
+    Tensor* token = nullptr;
+    Tensor* weight = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({n, s.num_hashes}), &token));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            1, TensorShape({n, s.num_weight_hashes}), &weight));
+    if (n == 0) return;
+    OP_REQUIRES_OK(ctx, HashRowsFunctor<Device>()(
+                            ctx, s, ids.flat<int64_t>().data(), n,
+                            token->flat<int64_t>().data(),
+                            weight->flat<int64_t>().data()));
+  }
+
+ private:
+  SignatureAttrs attrs_;
+  int64_t token_rows_ = 1;
+  int64_t weight_rows_ = 0;
+};
+
+#define MEMREC_REGISTER_CPU(T)                                         \
+  REGISTER_KERNEL_BUILDER(Name("MemRecLookup")                         \
+                              .Device(DEVICE_CPU)                      \
+                              .TypeConstraint<T>("T"),                 \
+                          LookupOp<CPUDevice, T>);                     \
+  REGISTER_KERNEL_BUILDER(Name("MemRecLookupGrad")                     \
+                              .Device(DEVICE_CPU)                      \
+                              .TypeConstraint<T>("T"),                 \
+                          LookupGradOp<CPUDevice, T>);
+MEMREC_REGISTER_CPU(float);
+MEMREC_REGISTER_CPU(double);
+MEMREC_REGISTER_CPU(Eigen::half);
+MEMREC_REGISTER_CPU(Eigen::bfloat16);
+#undef MEMREC_REGISTER_CPU
+
+REGISTER_KERNEL_BUILDER(Name("MemRecHashRows").Device(DEVICE_CPU),
+                        HashRowsOp<CPUDevice>);
+
+#if GOOGLE_CUDA
+// Defined and explicitly instantiated in memrec_kernels_gpu.cu.cc.
+#define MEMREC_DECLARE_GPU(T)                                  \
+  extern template struct LookupFunctor<GPUDevice, T>;          \
+  extern template struct LookupGradFunctor<GPUDevice, T>;
+MEMREC_DECLARE_GPU(float);
+MEMREC_DECLARE_GPU(double);
+MEMREC_DECLARE_GPU(Eigen::half);
+MEMREC_DECLARE_GPU(Eigen::bfloat16);
+#undef MEMREC_DECLARE_GPU
+extern template struct HashRowsFunctor<GPUDevice>;
+
+// row_splits stays in host memory: it is validated on the host before any
+// output is allocated, and the GPU functor copies it to the device.
+#define MEMREC_REGISTER_GPU(T)                                         \
+  REGISTER_KERNEL_BUILDER(Name("MemRecLookup")                         \
+                              .Device(::tensorflow::DEVICE_GPU)        \
+                              .HostMemory("row_splits")                \
+                              .TypeConstraint<T>("T"),                 \
+                          LookupOp<GPUDevice, T>);                     \
+  REGISTER_KERNEL_BUILDER(Name("MemRecLookupGrad")                     \
+                              .Device(::tensorflow::DEVICE_GPU)        \
+                              .HostMemory("row_splits")                \
+                              .TypeConstraint<T>("T"),                 \
+                          LookupGradOp<GPUDevice, T>);
+MEMREC_REGISTER_GPU(float);
+MEMREC_REGISTER_GPU(double);
+MEMREC_REGISTER_GPU(Eigen::half);
+MEMREC_REGISTER_GPU(Eigen::bfloat16);
+#undef MEMREC_REGISTER_GPU
+REGISTER_KERNEL_BUILDER(Name("MemRecHashRows").Device(::tensorflow::DEVICE_GPU),
+                        HashRowsOp<GPUDevice>);
+#endif  // GOOGLE_CUDA
+
+}  // namespace memrec

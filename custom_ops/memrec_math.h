@@ -1,0 +1,223 @@
+// The arithmetic of a MEM-REC lookup, shared by the CPU kernels, the CUDA
+// kernels and (through the same constants) the built-in-ops path in
+// memrec_tf/core.py.
+//
+// This header has no TensorFlow dependency on purpose: the GPU check in
+// tests/gpu/check_kernels.py compiles the very same code with NVRTC on a
+// machine that has no TensorFlow.
+//
+// Every function here is a pure function of its arguments and is compiled
+// for host and device. Changing any constant or formula changes which rows
+// a value maps to, and so silently invalidates every trained model: the
+// pinned vectors in tests/test_hash_vectors.py exist to catch that.
+#ifndef MEMREC_TF_CUSTOM_OPS_MEMREC_MATH_H_
+#define MEMREC_TF_CUSTOM_OPS_MEMREC_MATH_H_
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define MEMREC_HD __host__ __device__ __forceinline__
+#else
+#define MEMREC_HD inline
+#endif
+
+#if defined(__CUDACC_RTC__)
+// NVRTC has no standard library headers.
+typedef unsigned long long uint64_t;
+typedef long long int64_t;
+#else
+#include <cmath>
+#include <cstdint>
+#endif
+
+namespace memrec {
+
+// Odd 64-bit constants (golden ratio and two from splitmix / murmur3) that
+// separate the independent hash streams.
+constexpr uint64_t kTokenStream = 0x9E3779B97F4A7C15ULL;
+constexpr uint64_t kWeightStream = 0xD1B54A32D192ED03ULL;
+constexpr uint64_t kSaltStream = 0xC2B2AE3D27D4EB4FULL;
+
+// Upper bound on num_hashes and num_weight_hashes; keeps per-id row arrays
+// on the stack (and in registers on the GPU).
+constexpr int kMaxHashes = 16;
+
+enum Combiner : int { kNone = 0, kSum = 1, kMean = 2, kSqrtn = 3 };
+
+// splitmix64's finaliser: a bijection on 64-bit words with full avalanche.
+MEMREC_HD uint64_t Mix64(uint64_t z) {
+  z ^= z >> 30;
+  z *= 0xBF58476D1CE4E5B9ULL;
+  z ^= z >> 27;
+  z *= 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return z;
+}
+
+// One constant per (layer seed, feature salt): mixed into every id so that
+// the same raw id in two features, or in two layers, hashes independently.
+MEMREC_HD uint64_t SaltKey(int64_t seed, int64_t salt) {
+  return Mix64(static_cast<uint64_t>(seed) +
+               Mix64(static_cast<uint64_t>(salt) + kSaltStream));
+}
+
+// The whole 64-bit id enters the hash: no id is truncated.
+MEMREC_HD uint64_t IdKey(int64_t id, uint64_t salt_key) {
+  return Mix64(static_cast<uint64_t>(id) ^ salt_key);
+}
+
+// Row of hash function j of one stream in a table of `rows` rows. The top
+// 63 bits are used so that the built-in-ops path can do the same modulo on
+// a non-negative int64.
+MEMREC_HD int64_t HashRow(uint64_t key, uint64_t stream, int j, int64_t rows) {
+  const uint64_t h = Mix64(key + static_cast<uint64_t>(j + 1) * stream);
+  return static_cast<int64_t>((h >> 1) % static_cast<uint64_t>(rows));
+}
+
+// Everything that decides which rows a value uses.
+//
+// Without a vocabulary (vocab_size == 0) every value takes num_hashes
+// independent random rows of the token table (its Bloom signature) and
+// num_weight_hashes random rows of the weight table, as in MEM-REC.
+//
+// With a vocabulary (values 0..vocab_size-1 are dense indices) an
+// in-vocabulary value v takes:
+//  - if v < num_head: the token row v, for each of its num_hashes slots
+//    (a row of its own for the most frequent values);
+//  - otherwise: one row from each of num_hashes disjoint segments of the
+//    remaining rows, the mixed-radix digits of v - num_head. Two values
+//    differ in at least one digit, so no two share all their rows while
+//    the product of the segment sizes covers the vocabulary;
+//  - weight rows: the mixed-radix digits of v over num_weight_hashes
+//    segments of the weight table (distinct rows as far as size allows).
+// Values outside the vocabulary fall back to the random hashes.
+struct Signature {
+  int num_hashes;
+  int num_weight_hashes;
+  int64_t num_token_rows;
+  int64_t num_weight_rows;
+  int64_t seed;
+  int64_t num_salts;  // > 1: the salt of flat position p is p % num_salts
+  int64_t vocab_size;
+  int64_t num_head;
+  int64_t token_offset[kMaxHashes];
+  int64_t token_radix[kMaxHashes];
+  int64_t token_stride[kMaxHashes];
+  int64_t weight_offset[kMaxHashes];
+  int64_t weight_radix[kMaxHashes];
+  int64_t weight_stride[kMaxHashes];
+};
+
+// Splits `rows` rows into `parts` segments (sizes differ by at most one,
+// larger first) and sets each digit's stride, capped at `limit` so that the
+// products never overflow (a digit past the vocabulary is always 0).
+MEMREC_HD void SplitRadix(int64_t first_row, int64_t rows, int parts,
+                          int64_t limit, int64_t* offset, int64_t* radix,
+                          int64_t* stride) {
+  int64_t next = first_row;
+  int64_t prefix = 1;
+  for (int i = 0; i < parts; ++i) {
+    radix[i] = rows / parts + (i < rows % parts ? 1 : 0);
+    offset[i] = next;
+    next += radix[i];
+    stride[i] = prefix;
+    // prefix = min(prefix * radix, limit) without overflowing.
+    prefix = (radix[i] > limit / prefix) ? limit : prefix * radix[i];
+  }
+}
+
+// Fills the derived fields. The caller has checked: 1 <= num_hashes <=
+// kMaxHashes, 0 <= num_weight_hashes <= kMaxHashes, num_token_rows >= 1,
+// num_weight_rows >= 1 when num_weight_hashes > 0, and with a vocabulary
+// num_head <= vocab_size, num_token_rows - num_head >= num_hashes and
+// num_weight_rows >= num_weight_hashes.
+MEMREC_HD void FinishSignature(Signature* s) {
+  if (s->vocab_size <= 0) return;
+  SplitRadix(s->num_head, s->num_token_rows - s->num_head, s->num_hashes,
+             s->vocab_size, s->token_offset, s->token_radix, s->token_stride);
+  if (s->num_weight_hashes > 0) {
+    SplitRadix(0, s->num_weight_rows, s->num_weight_hashes, s->vocab_size,
+               s->weight_offset, s->weight_radix, s->weight_stride);
+  }
+}
+
+MEMREC_HD bool InVocabulary(const Signature& s, int64_t id) {
+  return s.vocab_size > 0 && id >= 0 && id < s.vocab_size;
+}
+
+// Key of the value at flat position `position` of the ids.
+MEMREC_HD uint64_t PositionKey(const Signature& s, int64_t id,
+                               int64_t position) {
+  const int64_t salt = s.num_salts > 1 ? position % s.num_salts : 0;
+  return IdKey(id, SaltKey(s.seed, salt));
+}
+
+MEMREC_HD void TokenRows(const Signature& s, int64_t id, uint64_t key,
+                         int64_t* rows) {
+  if (InVocabulary(s, id)) {
+    if (id < s.num_head) {
+      for (int i = 0; i < s.num_hashes; ++i) rows[i] = id;
+      return;
+    }
+    const int64_t t = id - s.num_head;
+    for (int i = 0; i < s.num_hashes; ++i) {
+      rows[i] = s.token_offset[i] + (t / s.token_stride[i]) % s.token_radix[i];
+    }
+    return;
+  }
+  for (int i = 0; i < s.num_hashes; ++i) {
+    rows[i] = HashRow(key, kTokenStream, i, s.num_token_rows);
+  }
+}
+
+MEMREC_HD void WeightRows(const Signature& s, int64_t id, uint64_t key,
+                          int64_t* rows) {
+  if (InVocabulary(s, id)) {
+    for (int j = 0; j < s.num_weight_hashes; ++j) {
+      rows[j] =
+          s.weight_offset[j] + (id / s.weight_stride[j]) % s.weight_radix[j];
+    }
+    return;
+  }
+  for (int j = 0; j < s.num_weight_hashes; ++j) {
+    rows[j] = HashRow(key, kWeightStream, j, s.num_weight_rows);
+  }
+}
+
+// alpha of one value: `width` numbers (1 in scalar mode, num_hashes in
+// per-hash mode), each the sum of the value's weight rows; all ones when the
+// layer has no weight hashes.
+template <typename T, typename Acc>
+MEMREC_HD void Alpha(const Signature& s, const T* weight_table, int width,
+                     const int64_t* weight_rows, Acc* alpha) {
+  for (int c = 0; c < width; ++c) {
+    if (s.num_weight_hashes == 0) {
+      alpha[c] = Acc(1);
+      continue;
+    }
+    Acc a = Acc(0);
+    for (int j = 0; j < s.num_weight_hashes; ++j) {
+      a += static_cast<Acc>(weight_table[weight_rows[j] * width + c]);
+    }
+    alpha[c] = a;
+  }
+}
+
+MEMREC_HD float Sqrt(float x) { return sqrtf(x); }
+MEMREC_HD double Sqrt(double x) { return sqrt(x); }
+
+// The factor that turns a bag's weighted sum into its pooled value. An empty
+// bag, or one whose weights sum to zero, pools to zeros.
+template <typename Acc>
+MEMREC_HD Acc BagScale(int combiner, Acc weight_sum, Acc weight_square_sum) {
+  if (combiner == kMean) {
+    return weight_sum == Acc(0) ? Acc(0) : Acc(1) / weight_sum;
+  }
+  if (combiner == kSqrtn) {
+    return weight_square_sum == Acc(0) ? Acc(0)
+                                       : Acc(1) / Sqrt(weight_square_sum);
+  }
+  return Acc(1);
+}
+
+}  // namespace memrec
+
+#endif  // MEMREC_TF_CUSTOM_OPS_MEMREC_MATH_H_

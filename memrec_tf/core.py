@@ -1,0 +1,140 @@
+"""MEM-REC written only with TensorFlow's built-in ops.
+
+This path computes the same rows as the fused op, bit for bit (int64
+arithmetic wraps in TensorFlow on CPU, GPU and XLA alike, which is what the
+C++ kernels' uint64 arithmetic does), and the same outputs to float
+tolerance. It serves XLA, machines without the compiled op library, and
+SavedModels for a stock TensorFlow Serving.
+"""
+import tensorflow as tf
+
+from memrec_tf import signature as sig_lib
+
+_MUL1 = sig_lib.as_int64(sig_lib.MIX_MUL1)
+_MUL2 = sig_lib.as_int64(sig_lib.MIX_MUL2)
+
+
+def _shift_right_logical(x, bits):
+    # tf.bitwise.right_shift is arithmetic on int64; mask the sign copies.
+    return tf.bitwise.bitwise_and(tf.bitwise.right_shift(x, bits),
+                                  (1 << (64 - bits)) - 1)
+
+
+def _mix64(z):
+    z = tf.bitwise.bitwise_xor(z, _shift_right_logical(z, 30))
+    z = z * _MUL1
+    z = tf.bitwise.bitwise_xor(z, _shift_right_logical(z, 27))
+    z = z * _MUL2
+    return tf.bitwise.bitwise_xor(z, _shift_right_logical(z, 31))
+
+
+def _keys(ids, signature):
+    """IdKey of every position: the id mixed with its (seed, salt) constant."""
+    if signature.num_salts > 1:
+        salts = tf.constant(
+            [sig_lib.as_int64(sig_lib.salt_key(signature.seed, s))
+             for s in range(signature.num_salts)], tf.int64)
+        positions = tf.range(tf.size(ids, out_type=tf.int64), dtype=tf.int64)
+        salt = tf.gather(salts, positions % signature.num_salts)
+    else:
+        salt = tf.constant(sig_lib.as_int64(sig_lib.salt_key(signature.seed, 0)), tf.int64)
+    return _mix64(tf.bitwise.bitwise_xor(ids, salt))
+
+
+def _hash_rows(keys, stream, count, rows):
+    """[N, count] rows of `count` hash functions of one stream."""
+    columns = []
+    for j in range(count):
+        h = _mix64(keys + sig_lib.as_int64((j + 1) * stream))
+        columns.append(tf.math.floormod(_shift_right_logical(h, 1), rows))
+    return tf.stack(columns, axis=1)
+
+
+def _radix_rows(index, radix):
+    offsets, radices, strides = radix
+    return tf.stack([o + tf.math.floormod(tf.math.floordiv(index, s), r)
+                     for o, r, s in zip(offsets, radices, strides)], axis=1)
+
+
+def hash_rows(ids, signature, num_token_rows, num_weight_rows):
+    """Rows read for each id, as the MemRecHashRows op computes them.
+
+    Args:
+      ids: int64 tensor [N].
+      signature: a `memrec_tf.signature.Signature`.
+      num_token_rows: m, rows of the token table.
+      num_weight_rows: m_w, rows of the weight table.
+
+    Returns:
+      (token_rows int64 [N, k], weight_rows int64 [N, kw]).
+    """
+    ids = tf.convert_to_tensor(ids, tf.int64)
+    keys = _keys(ids, signature)
+    k, kw = signature.num_hashes, signature.num_weight_hashes
+    token = _hash_rows(keys, sig_lib.TOKEN_STREAM, k, num_token_rows)
+    if kw > 0:
+        weight = _hash_rows(keys, sig_lib.WEIGHT_STREAM, kw, num_weight_rows)
+    else:
+        weight = tf.zeros([tf.size(ids), 0], tf.int64)
+    if signature.vocab_size > 0:
+        vocab, head = signature.vocab_size, signature.num_head
+        in_vocab = tf.logical_and(ids >= 0, ids < vocab)
+        safe = tf.where(in_vocab, ids, tf.zeros_like(ids))
+        tail = _radix_rows(tf.maximum(safe - head, 0), signature.token_radix(num_token_rows))
+        own = tf.tile(safe[:, None], [1, k])
+        token_vocab = tf.where((safe < head)[:, None], own, tail)
+        token = tf.where(in_vocab[:, None], token_vocab, token)
+        if kw > 0:
+            weight_vocab = _radix_rows(safe, signature.weight_radix(num_weight_rows))
+            weight = tf.where(in_vocab[:, None], weight_vocab, weight)
+    return token, weight
+
+
+def lookup(ids, row_splits, weights, token_table, weight_table, signature,
+           combiner="sum", weight_mode="scalar"):
+    """The MemRecLookup op written with built-in ops (same arguments).
+
+    Gradients flow to both tables (as IndexedSlices, through tf.gather);
+    per-id weights are treated as constants, as in the fused op.
+    """
+    dtype = token_table.dtype
+    # half and bfloat16 accumulate in float32, as the fused kernels do.
+    compute = tf.float64 if dtype == tf.float64 else tf.float32
+    table = tf.cast(token_table, compute)
+    wtable = tf.cast(weight_table, compute)
+    if token_table.shape[0] is None or weight_table.shape[0] is None:
+        raise ValueError("the core path needs tables with static row counts, got "
+                         f"{token_table.shape} and {weight_table.shape}")
+    token_rows, weight_rows = hash_rows(ids, signature, int(token_table.shape[0]),
+                                        int(weight_table.shape[0]))
+    rows = tf.gather(table, token_rows)  # [N, k, d]
+    n = tf.size(ids)
+    width = signature.num_hashes if weight_mode == "per_hash" else 1
+    if signature.num_weight_hashes > 0:
+        alpha = tf.reduce_sum(tf.gather(wtable, weight_rows), axis=1)  # [N, width]
+    else:
+        alpha = tf.ones([n, width], compute)
+    if weight_mode == "per_hash":
+        values = tf.reduce_sum(alpha[:, :, None] * rows, axis=1)
+    else:
+        values = alpha * tf.reduce_sum(rows, axis=1)
+    has_weights = weights is not None and weights.shape.rank == 1 and (
+        weights.shape[0] is None or weights.shape[0] > 0)
+    w = tf.stop_gradient(tf.cast(weights, compute)) if has_weights else None
+    if w is not None:
+        values = values * w[:, None]
+    if combiner == "none":
+        return tf.cast(values, dtype)
+    num_bags = tf.size(row_splits) - 1
+    segments = tf.ragged.row_splits_to_segment_ids(row_splits)
+    pooled = tf.math.unsorted_segment_sum(values, segments, num_bags)
+    if combiner in ("mean", "sqrtn"):
+        per_id = w if w is not None else tf.ones([n], compute)
+        if combiner == "mean":
+            denominator = tf.math.unsorted_segment_sum(per_id, segments, num_bags)
+        else:
+            denominator = tf.sqrt(tf.math.unsorted_segment_sum(
+                per_id * per_id, segments, num_bags))
+        pooled = pooled * tf.math.divide_no_nan(
+            tf.ones_like(denominator), denominator)[:, None]
+    return tf.cast(pooled, dtype)

@@ -1,0 +1,155 @@
+"""The fused MEM-REC ops: loading the op library, wrappers and gradients.
+
+The library is loaded lazily, on first use, through `tf.load_op_library`.
+Before loading, the TensorFlow version it was built for is read from the
+file itself, so that a mismatch gives a message naming both versions and the
+command that rebuilds it, instead of an undefined-symbol traceback.
+"""
+import importlib.machinery
+import os
+import re
+import threading
+
+import tensorflow as tf
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+LIBRARY_ENV = "MEMREC_TF_OPS_LIBRARY"
+REBUILD_COMMAND = "pip install --no-build-isolation -e .  (in the memrec_tf source tree)"
+_TAG = re.compile(rb"MEMREC_BUILD_TAG\[([^\]]*)\]")
+
+_lock = threading.Lock()
+_library = None
+_error = None
+
+
+class OpLibraryError(RuntimeError):
+    """The compiled op library is missing or does not fit this TensorFlow."""
+
+
+def library_path():
+    """Path of the op library: $MEMREC_TF_OPS_LIBRARY, else the package's own."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return override
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(_HERE, "_memrec_ops" + suffix)
+        if os.path.exists(path):
+            return path
+    return os.path.join(_HERE, "_memrec_ops" + importlib.machinery.EXTENSION_SUFFIXES[0])
+
+
+def build_info(path=None):
+    """What the library at `path` was built for, read from its bytes.
+
+    Returns a dict such as {"tensorflow": "2.21.0", "cuda": "0",
+    "sanitized": "0"}, or None when the file carries no build tag.
+    """
+    with open(path or library_path(), "rb") as f:
+        match = _TAG.search(f.read())
+    if not match:
+        return None
+    return dict(item.split("=", 1) for item in match.group(1).decode().split(";"))
+
+
+def _load():
+    path = library_path()
+    if not os.path.exists(path):
+        raise OpLibraryError(
+            f"the memrec_tf op library is missing: expected {path}. Build it with "
+            f"TensorFlow {tf.__version__} installed: {REBUILD_COMMAND}")
+    info = build_info(path) or {}
+    built_for = info.get("tensorflow", "unknown")
+    if built_for != tf.__version__:
+        raise OpLibraryError(
+            f"the memrec_tf op library {path} was built for TensorFlow {built_for} "
+            f"but TensorFlow {tf.__version__} is running. Rebuild it: {REBUILD_COMMAND}")
+    try:
+        return tf.load_op_library(path)
+    except (tf.errors.NotFoundError, OSError) as e:
+        raise OpLibraryError(
+            f"the memrec_tf op library {path} (built for TensorFlow {built_for}) "
+            f"failed to load into TensorFlow {tf.__version__}: {e}. Rebuild it: "
+            f"{REBUILD_COMMAND}") from e
+
+
+def load_library():
+    """The loaded op module; raises OpLibraryError (cached) if it cannot load."""
+    global _library, _error
+    with _lock:
+        if _library is None and _error is None:
+            try:
+                _library = _load()
+            except OpLibraryError as e:
+                _error = e
+        if _error is not None:
+            raise _error
+        return _library
+
+
+def is_available():
+    """(True, "") when the fused op can be used, else (False, reason)."""
+    try:
+        load_library()
+        return True, ""
+    except OpLibraryError as e:
+        return False, str(e)
+
+
+def lookup(ids, row_splits, weights, token_table, weight_table, signature,
+           combiner="sum", weight_mode="scalar", name=None):
+    """Runs the fused MemRecLookup op.
+
+    Args:
+      ids: int64 [N].
+      row_splits: int64 [B + 1] bag offsets; empty when combiner is "none".
+      weights: [N] per-id weights in the tables' dtype, or [0] for none.
+      token_table: [m, d].
+      weight_table: [m_w, 1] ("scalar") or [m_w, k] ("per_hash").
+      signature: a `memrec_tf.signature.Signature`.
+      combiner: "none", "sum", "mean" or "sqrtn".
+      weight_mode: "scalar" or "per_hash".
+
+    Returns:
+      [B, d], or [N, d] when combiner is "none".
+
+    Raises:
+      tf.errors.InvalidArgumentError: an input of the wrong rank or shape, or
+        row_splits that are not valid offsets into the ids.
+    """
+    return load_library().mem_rec_lookup(
+        ids, row_splits, weights, token_table, weight_table, combiner=combiner,
+        weight_mode=weight_mode, name=name, **signature.op_attrs())
+
+
+def hash_rows(ids, signature, num_token_rows, num_weight_rows, name=None):
+    """Rows read for each id, computed by the C++ kernel (see core.hash_rows)."""
+    return load_library().mem_rec_hash_rows(
+        ids, num_token_rows=num_token_rows, num_weight_rows=num_weight_rows,
+        name=name, **signature.op_attrs())
+
+
+_ATTRS = ("num_hashes", "num_weight_hashes", "seed", "num_salts", "vocab_size",
+          "num_head", "combiner", "weight_mode")
+
+
+def _lookup_grad(op, grad):
+    ids, row_splits, weights, token_table, weight_table = op.inputs
+    attrs = {}
+    for attr in _ATTRS:
+        value = op.get_attr(attr)
+        attrs[attr] = value.decode() if isinstance(value, bytes) else value
+    rows, values, weight_rows, weight_values = load_library().mem_rec_lookup_grad(
+        grad, ids, row_splits, weights, token_table, weight_table, **attrs)
+    token_grad = tf.IndexedSlices(values, rows, tf.shape(token_table, out_type=tf.int64))
+    weight_grad = tf.IndexedSlices(weight_values, weight_rows,
+                                   tf.shape(weight_table, out_type=tf.int64))
+    # Gradients do not flow to ids, row_splits or the per-id weights.
+    return [None, None, None, token_grad, weight_grad]
+
+
+try:
+    tf.RegisterGradient("MemRecLookup")(_lookup_grad)
+except KeyError:  # already registered (the module was reloaded)
+    pass
+tf.no_gradient("MemRecHashRows")
+tf.no_gradient("MemRecLookupGrad")
