@@ -1,0 +1,332 @@
+"""The MemRecEmbedding Keras layer.
+
+The layer is written against `tf.keras`, resolved when this module is first
+imported: Keras 3 by default, tf-keras when TF_USE_LEGACY_KERAS=1 (which
+TensorFlow Recommenders needs). Set the variable before importing memrec_tf.
+"""
+import warnings
+
+import tensorflow as tf
+
+from memrec_tf import core
+from memrec_tf import ops
+from memrec_tf.signature import MAX_HASHES, Signature
+
+keras = tf.keras
+
+IMPLEMENTATIONS = ("auto", "fused", "core")
+COMBINERS = (None, "sum", "mean", "sqrtn")
+WEIGHT_MODES = ("scalar", "per_hash")
+
+_fallback_warned = False
+
+
+def _warn_fallback_once(reason):
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            "memrec_tf: the fused op is unavailable, MemRecEmbedding uses the "
+            f"built-in-ops path (same results, slower). Reason: {reason}",
+            RuntimeWarning, stacklevel=3)
+
+
+def _in_xla_context():
+    # tf.function(jit_compile=True) traces inside an XLA control-flow context;
+    # the fused op has no XLA kernel, the built-in-ops path compiles.
+    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def ids_to_int64(ids):
+    """int32/int64 ids as int64; strings through TensorFlow's fingerprint op.
+
+    Raises:
+      ValueError: ids of any other dtype.
+    """
+    if ids.dtype == tf.int64:
+        return ids
+    if ids.dtype in (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32):
+        return tf.cast(ids, tf.int64)
+    if ids.dtype == tf.string:
+        # farmhash64 of the bytes; its 8 output bytes are little-endian.
+        flat = tf.reshape(ids, [-1])
+        hashed = tf.bitcast(tf.fingerprint(flat), tf.int64)
+        return tf.reshape(hashed, tf.shape(ids))
+    raise ValueError(f"MemRecEmbedding ids must be integers or strings, got dtype {ids.dtype.name}")
+
+
+@keras.utils.register_keras_serializable(package="memrec_tf")
+class MemRecEmbedding(keras.layers.Layer):
+    """An embedding layer backed by a MEM-REC token table and weight table.
+
+    A value x is hashed by `num_hashes` functions to rows of the token table
+    M [num_token_rows, output_dim] and by `num_weight_hashes` functions to rows
+    of the weight table W. With weight_mode="scalar" (the paper's form),
+    z(x) = (sum_j W[g_j(x)]) * sum_i M[h_i(x)]; with "per_hash",
+    z(x) = sum_i (sum_j W[g_j(x), i]) * M[h_i(x)].
+
+    Args:
+      output_dim: d, the embedding width.
+      num_token_rows: m, rows of the token table.
+      num_hashes: k, token rows per value (1..16).
+      num_weight_rows: m_w, rows of the weight table (default: num_token_rows).
+      num_weight_hashes: kw, weight rows per value (0..16; 0 fixes alpha = 1).
+      weight_mode: "scalar" (W is [m_w, 1]) or "per_hash" (W is [m_w, k]).
+      combiner: None (one embedding per id), or "sum", "mean", "sqrtn" to
+        pool the last axis of a dense input, or the bags of a ragged or sparse
+        input.
+      seed: seeds every hash; layers with different seeds hash independently.
+      implementation: "auto" (the fused op when its library loads, else the
+        built-in-ops path, with a warning once; always the built-in-ops path
+        inside XLA), "fused" or "core".
+      embeddings_initializer: initializer of the token table.
+      weights_initializer: initializer of the weight table (default: the
+        constant 1 / num_weight_hashes, so that alpha starts at 1).
+      embeddings_regularizer: optional regularizer of the token table.
+      salt_columns: if True, a dense input's last axis indexes features: the
+        id in column j is hashed with salt j, so one pair of tables serves
+        several features without equal raw ids colliding across them. Needs
+        combiner=None and a static last dimension.
+      vocabulary_size: V > 0 declares that ids in [0, V) are dense indices
+        (e.g. from `memrec_tf.vocabulary`): they take collision-free mixed-
+        radix signatures; other ids fall back to the random hashes.
+      num_head_rows: with a vocabulary, ids below this (the most frequent
+        values, when indices are ordered by frequency) own a token row each.
+      **kwargs: passed to `keras.layers.Layer`.
+
+    Input: int32, int64 or string ids; dense [B] -> [B, d]; dense [..., L] ->
+    [..., L, d] without a combiner, [..., d] with one; tf.RaggedTensor bags
+    with a combiner -> [B, d] (without: ragged [B, None, d]);
+    tf.SparseTensor [B, L] with a combiner -> [B, d]. `weights`, optional,
+    has the structure of the ids.
+
+    Raises:
+      ValueError: a constructor argument out of range (the message quotes it),
+        or an input of an unsupported dtype or structure.
+    """
+
+    def __init__(self, output_dim, num_token_rows, num_hashes=2,
+                 num_weight_rows=None, num_weight_hashes=1, weight_mode="scalar",
+                 combiner=None, seed=0, implementation="auto",
+                 embeddings_initializer="uniform", weights_initializer=None,
+                 embeddings_regularizer=None, salt_columns=False,
+                 vocabulary_size=0, num_head_rows=0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(output_dim, int) or output_dim < 1:
+            raise ValueError(f"output_dim must be a positive int, got {output_dim!r}")
+        if not isinstance(num_token_rows, int) or num_token_rows < 1:
+            raise ValueError(f"num_token_rows must be a positive int, got {num_token_rows!r}")
+        if not isinstance(num_hashes, int) or not 1 <= num_hashes <= MAX_HASHES:
+            raise ValueError(f"num_hashes must be an int in [1, {MAX_HASHES}], got {num_hashes!r}")
+        if num_weight_rows is None:
+            num_weight_rows = num_token_rows
+        if not isinstance(num_weight_rows, int) or num_weight_rows < 1:
+            raise ValueError(f"num_weight_rows must be a positive int, got {num_weight_rows!r}")
+        if not isinstance(num_weight_hashes, int) or not 0 <= num_weight_hashes <= MAX_HASHES:
+            raise ValueError(
+                f"num_weight_hashes must be an int in [0, {MAX_HASHES}], got {num_weight_hashes!r}")
+        if weight_mode not in WEIGHT_MODES:
+            raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {weight_mode!r}")
+        if combiner not in COMBINERS:
+            raise ValueError(f"combiner must be one of {COMBINERS}, got {combiner!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if salt_columns and combiner is not None:
+            raise ValueError("salt_columns=True needs combiner=None (one feature per column), "
+                             f"got combiner={combiner!r}")
+        if not isinstance(vocabulary_size, int) or vocabulary_size < 0:
+            raise ValueError(f"vocabulary_size must be an int >= 0, got {vocabulary_size!r}")
+        if not isinstance(num_head_rows, int) or not 0 <= num_head_rows <= vocabulary_size:
+            raise ValueError(
+                f"num_head_rows must be an int in [0, vocabulary_size={vocabulary_size}], "
+                f"got {num_head_rows!r}")
+        self.output_dim = output_dim
+        self.num_token_rows = num_token_rows
+        self.num_hashes = num_hashes
+        self.num_weight_rows = num_weight_rows
+        self.num_weight_hashes = num_weight_hashes
+        self.weight_mode = weight_mode
+        self.combiner = combiner
+        self.seed = seed
+        self.implementation = implementation
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.weights_initializer = (
+            keras.initializers.get(weights_initializer) if weights_initializer is not None
+            else keras.initializers.Constant(1.0 / max(1, num_weight_hashes)))
+        self._weights_initializer_given = weights_initializer is not None
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        self.salt_columns = bool(salt_columns)
+        self.vocabulary_size = vocabulary_size
+        self.num_head_rows = num_head_rows
+        self._num_salts = 0
+        # Validates the row counts against the signature settings now, not at
+        # the first call.
+        self._signature().validate(num_token_rows, num_weight_rows)
+        if implementation == "fused":
+            # Keras must not choose XLA for a model that requires the fused op.
+            self.supports_jit = False
+
+    # ------------------------------------------------------------------ build
+
+    def build(self, input_shape=None):
+        if self.salt_columns:
+            last = None if input_shape is None else tuple(input_shape)[-1]
+            if last is None:
+                raise ValueError("salt_columns=True needs a static last dimension "
+                                 f"(the number of features), got input shape {input_shape}")
+            self._num_salts = int(last)
+        width = self.num_hashes if self.weight_mode == "per_hash" else 1
+        self.token_table = self.add_weight(
+            name="token_table", shape=(self.num_token_rows, self.output_dim),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer, trainable=True)
+        self.weight_table = self.add_weight(
+            name="weight_table", shape=(self.num_weight_rows, width),
+            initializer=self.weights_initializer, trainable=True)
+        self.built = True
+
+    def _signature(self):
+        return Signature(num_hashes=self.num_hashes,
+                         num_weight_hashes=self.num_weight_hashes, seed=self.seed,
+                         num_salts=self._num_salts, vocab_size=self.vocabulary_size,
+                         num_head=self.num_head_rows)
+
+    # ------------------------------------------------------------------- call
+
+    @tf.autograph.experimental.do_not_convert
+    def _uses_fused(self):
+        if self.implementation == "core":
+            return False
+        if self.implementation == "fused":
+            ops.load_library()  # raises OpLibraryError with the fix
+            return True
+        if _in_xla_context():
+            return False
+        available, reason = ops.is_available()
+        if not available:
+            _warn_fallback_once(reason)
+        return available
+
+    def _lookup(self, ids, row_splits, weights, combiner):
+        """Flat ids [N] (and splits for bags) -> [rows, d] in compute dtype."""
+        table = tf.convert_to_tensor(self.token_table)
+        weight_table = tf.convert_to_tensor(self.weight_table)
+        weight_table = tf.cast(weight_table, table.dtype)
+        if weights is None:
+            weights = tf.zeros([0], table.dtype)
+        else:
+            weights = tf.cast(weights, table.dtype)
+        if row_splits is None:
+            row_splits = tf.zeros([0], tf.int64)
+        signature = self._signature()
+        if self._uses_fused():
+            out = ops.lookup(ids, row_splits, weights, table, weight_table, signature,
+                             combiner=combiner, weight_mode=self.weight_mode)
+        else:
+            out = core.lookup(ids, row_splits, weights, table, weight_table, signature,
+                              combiner=combiner, weight_mode=self.weight_mode)
+        return tf.cast(out, self.compute_dtype)
+
+    def call(self, inputs, weights=None):
+        if isinstance(inputs, tf.SparseTensor):
+            return self._call_sparse(inputs, weights)
+        if isinstance(inputs, tf.RaggedTensor):
+            return self._call_ragged(inputs, weights)
+        ids = ids_to_int64(tf.convert_to_tensor(inputs))
+        if weights is not None:
+            weights = tf.convert_to_tensor(weights)
+        if ids.shape.rank == 0:
+            raise ValueError("MemRecEmbedding needs ids of rank >= 1, got a scalar")
+        flat = tf.reshape(ids, [-1])
+        flat_weights = None if weights is None else tf.reshape(weights, [-1])
+        if self.combiner is None:
+            out = self._lookup(flat, None, flat_weights, "none")
+            return tf.reshape(out, tf.concat([tf.shape(ids), [self.output_dim]], 0))
+        if ids.shape.rank == 1:  # each id is a bag of one
+            ids = ids[:, None]
+        bag = tf.shape(ids, out_type=tf.int64)[-1]
+        num_bags = tf.size(flat, out_type=tf.int64) // tf.maximum(bag, 1)
+        splits = tf.range(num_bags + 1, dtype=tf.int64) * bag
+        out = self._lookup(flat, splits, flat_weights, self.combiner)
+        return tf.reshape(out, tf.concat([tf.shape(ids)[:-1], [self.output_dim]], 0))
+
+    def _call_ragged(self, inputs, weights):
+        if self.salt_columns:
+            raise ValueError("salt_columns=True needs a dense input, got a tf.RaggedTensor")
+        if weights is not None and not isinstance(weights, tf.RaggedTensor):
+            raise ValueError("weights must be a tf.RaggedTensor like the ids, got "
+                             f"{type(weights).__name__}")
+        if self.combiner is None:
+            values = ids_to_int64(inputs.flat_values)
+            w = None if weights is None else weights.flat_values
+            return inputs.with_flat_values(self._lookup(values, None, w, "none"))
+        return self._pool_ragged(inputs, weights)
+
+    def _pool_ragged(self, ragged, weights):
+        # Pools the innermost ragged dimension; outer ragged dimensions stay.
+        if isinstance(ragged.values, tf.RaggedTensor):
+            inner_w = None if weights is None else weights.values
+            return ragged.with_values(self._pool_ragged(ragged.values, inner_w))
+        w = None if weights is None else weights.values
+        return self._lookup(ids_to_int64(ragged.values), ragged.row_splits, w, self.combiner)
+
+    def _call_sparse(self, inputs, weights):
+        if self.combiner is None:
+            raise ValueError("a tf.SparseTensor input needs a combiner ('sum', 'mean' or "
+                             "'sqrtn'); got combiner=None")
+        if inputs.shape.rank != 2:
+            raise ValueError(f"a tf.SparseTensor input must be [B, L], got rank {inputs.shape.rank}")
+        if weights is not None and not isinstance(weights, tf.SparseTensor):
+            raise ValueError("weights must be a tf.SparseTensor like the ids, got "
+                             f"{type(weights).__name__}")
+        ids = tf.sparse.reorder(inputs)
+        ragged = tf.RaggedTensor.from_sparse(ids)
+        w = None
+        if weights is not None:
+            w = tf.RaggedTensor.from_sparse(tf.sparse.reorder(weights)).values
+        return self._lookup(ids_to_int64(ragged.values), ragged.row_splits, w, self.combiner)
+
+    # --------------------------------------------------------------- helpers
+
+    def hash_indices(self, ids):
+        """The rows each id reads, bit-identical to what the fused op reads.
+
+        Args:
+          ids: int32, int64 or string ids [N] (with salt_columns, any dense
+            shape whose last axis is the features; it is flattened).
+
+        Returns:
+          (token rows int64 [N, num_hashes], weight rows int64 [N, num_weight_hashes]).
+        """
+        ids = ids_to_int64(tf.convert_to_tensor(ids))
+        return core.hash_rows(tf.reshape(ids, [-1]), self._signature(),
+                              self.num_token_rows, self.num_weight_rows)
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if self.combiner is None:
+            return input_shape + (self.output_dim,)
+        if len(input_shape) == 1:
+            return input_shape + (self.output_dim,)
+        return input_shape[:-1] + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            output_dim=self.output_dim, num_token_rows=self.num_token_rows,
+            num_hashes=self.num_hashes, num_weight_rows=self.num_weight_rows,
+            num_weight_hashes=self.num_weight_hashes, weight_mode=self.weight_mode,
+            combiner=self.combiner, seed=self.seed, implementation=self.implementation,
+            embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
+            weights_initializer=(keras.initializers.serialize(self.weights_initializer)
+                                 if self._weights_initializer_given else None),
+            embeddings_regularizer=(keras.regularizers.serialize(self.embeddings_regularizer)
+                                    if self.embeddings_regularizer is not None else None),
+            salt_columns=self.salt_columns, vocabulary_size=self.vocabulary_size,
+            num_head_rows=self.num_head_rows)
+        return config
