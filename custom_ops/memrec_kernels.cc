@@ -1,11 +1,16 @@
 // OpKernels of the MEM-REC ops (validation, output allocation) and their CPU
 // functors. The GPU functors live in memrec_kernels_gpu.cu.cc.
 #include <algorithm>
+#include <cstdint>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #define EIGEN_USE_THREADS
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
 #include "memrec_functors.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -308,42 +313,157 @@ void GroupByRow(const std::vector<int64_t>& entry_rows, int64_t table_rows,
 
 // ---------------------------------------------------------------- CPU functors
 
+namespace {
+
+// Ids are hashed a block at a time and their token rows prefetched before
+// any is read, so that the random row reads overlap instead of queueing.
+constexpr int kBlock = 16;
+
+// SaltKey of every salt, computed once per call (it does not depend on the
+// id); very wide inputs compute it per id instead.
+class SaltKeys {
+ public:
+  explicit SaltKeys(const Signature& s) : s_(s) {
+    const int64_t n = s.num_salts > 1 ? s.num_salts : 1;
+    if (n <= 65536) {
+      keys_.resize(n);
+      for (int64_t i = 0; i < n; ++i) keys_[i] = SaltKey(s.seed, i);
+    }
+  }
+  uint64_t Key(int64_t id, int64_t position) const {
+    const int64_t salt = PositionSalt(s_, position);
+    return IdKey(id, keys_.empty() ? SaltKey(s_.seed, salt) : keys_[salt]);
+  }
+
+ private:
+  const Signature& s_;
+  std::vector<uint64_t> keys_;
+};
+
+template <typename T>
+inline void PrefetchRow(const T* row, int64_t dim) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < dim * static_cast<int64_t>(sizeof(T)); b += 64) {
+    __builtin_prefetch(p + b);
+  }
+}
+
+template <typename T, typename Acc>
+inline void AddScaledRow(Acc* acc, const T* row, Acc f, int64_t dim) {
+  for (int64_t c = 0; c < dim; ++c) acc[c] += f * static_cast<Acc>(row[c]);
+}
+
+// Token and weight rows of ids [n0, n0 + count), with both prefetched: the
+// rows of one block are fetched while the previous block is summed.
+template <typename T>
+void HashBlock(const LookupArgs<T>& a, const SaltKeys& salts, int64_t n0,
+               int count, int64_t* token_rows, int64_t* weight_rows) {
+  const Signature& s = a.signature;
+  const int k = s.num_hashes, kw = s.num_weight_hashes;
+  for (int j = 0; j < count; ++j) {
+    const int64_t n = n0 + j;
+    const int64_t id = a.ids[n];
+    const uint64_t key = salts.Key(id, n);
+    TokenRows(s, id, key, token_rows + j * k);
+    WeightRows(s, id, key, weight_rows + j * kw);
+    for (int i = 0; i < k; ++i) {
+      PrefetchRow(a.token_table + token_rows[j * k + i] * a.dim, a.dim);
+    }
+    for (int i = 0; i < kw; ++i) {
+      __builtin_prefetch(a.weight_table + weight_rows[j * kw + i] * a.weight_width);
+    }
+  }
+}
+
+// Writes one output row. Float rows go out with streaming stores: the
+// output is written once and not read back, so it need not be fetched into
+// the cache first (that read would cost as much as the lookup's own).
+template <typename T, typename Acc>
+inline void StoreRow(T* out, Acc* acc, Acc scale, int64_t d) {
+  for (int64_t c = 0; c < d; ++c) {
+    out[c] = static_cast<T>(scale * acc[c]);
+    acc[c] = Acc(0);
+  }
+}
+
+#if defined(__SSE__)
+template <>
+inline void StoreRow<float, float>(float* out, float* acc, float scale,
+                                   int64_t d) {
+  if (d % 4 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
+    for (int64_t c = 0; c < d; ++c) {
+      out[c] = scale * acc[c];
+      acc[c] = 0.0f;
+    }
+    return;
+  }
+  const __m128 s = _mm_set1_ps(scale);
+  const __m128 zero = _mm_setzero_ps();
+  for (int64_t c = 0; c < d; c += 4) {
+    _mm_stream_ps(out + c, _mm_mul_ps(s, _mm_loadu_ps(acc + c)));
+    _mm_storeu_ps(acc + c, zero);
+  }
+}
+#endif
+
+}  // namespace
+
 template <typename T>
 struct LookupFunctor<CPUDevice, T> {
   Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a, T* output) {
     using Acc = typename AccumulatorOf<T>::type;
     const Signature& s = a.signature;
+    const int k = s.num_hashes, kw = s.num_weight_hashes;
     const int64_t d = a.dim;
+    const SaltKeys salts(s);
+    // Output rows [begin, end) read the contiguous ids [lo(begin), hi(end-1)).
     auto work = [&](int64_t begin, int64_t end) {
-      std::vector<Acc> acc(d);
-      int64_t token_rows[kMaxHashes], weight_rows[kMaxHashes];
+      std::vector<Acc> acc(d, Acc(0));
+      int64_t token_rows[2][kBlock * kMaxHashes];
+      int64_t weight_rows[2][kBlock * kMaxHashes];
       Acc alpha[kMaxHashes];
-      for (int64_t r = begin; r < end; ++r) {
+      int64_t id_lo, id_hi, unused, bag_end;
+      RowBounds(a, begin, &id_lo, &unused);
+      RowBounds(a, end - 1, &unused, &id_hi);
+      int64_t r = begin;
+      RowBounds(a, r, &unused, &bag_end);
+      auto flush = [&]() {  // writes output row r and starts the next
         int64_t lo, hi;
         RowBounds(a, r, &lo, &hi);
-        std::fill(acc.begin(), acc.end(), Acc(0));
-        for (int64_t n = lo; n < hi; ++n) {
-          const int64_t id = a.ids[n];
-          const uint64_t key = PositionKey(s, id, n);
-          TokenRows(s, id, key, token_rows);
-          WeightRows(s, id, key, weight_rows);
-          Alpha(s, a.weight_table, a.weight_width, weight_rows, alpha);
+        StoreRow<T, Acc>(output + r * d, acc.data(), BagScaleOf<T, Acc>(a, lo, hi), d);
+        if (++r < end) RowBounds(a, r, &unused, &bag_end);
+      };
+      auto block_size = [&](int64_t n0) {
+        return static_cast<int>(std::min<int64_t>(kBlock, id_hi - n0));
+      };
+      if (id_lo < id_hi) {
+        HashBlock(a, salts, id_lo, block_size(id_lo), token_rows[0], weight_rows[0]);
+      }
+      for (int64_t n0 = id_lo, b = 0; n0 < id_hi; n0 += kBlock, b ^= 1) {
+        if (n0 + kBlock < id_hi) {
+          HashBlock(a, salts, n0 + kBlock, block_size(n0 + kBlock),
+                    token_rows[b ^ 1], weight_rows[b ^ 1]);
+        }
+        const int count = block_size(n0);
+        for (int j = 0; j < count; ++j) {
+          const int64_t n = n0 + j;
+          while (n >= bag_end) flush();
+          Alpha(s, a.weight_table, a.weight_width, &weight_rows[b][j * kw], alpha);
           const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
-          for (int i = 0; i < s.num_hashes; ++i) {
-            const Acc f = w * alpha[a.per_hash ? i : 0];
-            const T* row = a.token_table + token_rows[i] * d;
-            for (int64_t c = 0; c < d; ++c) acc[c] += f * static_cast<Acc>(row[c]);
+          for (int i = 0; i < k; ++i) {
+            AddScaledRow(acc.data(), a.token_table + token_rows[b][j * k + i] * d,
+                         w * alpha[a.per_hash ? i : 0], d);
           }
         }
-        const Acc scale = BagScaleOf<T, Acc>(a, lo, hi);
-        T* out = output + r * d;
-        for (int64_t c = 0; c < d; ++c) out[c] = static_cast<T>(scale * acc[c]);
       }
+      while (r < end) flush();  // the last bag, and trailing empty bags
+#if defined(__SSE__)
+      _mm_sfence();  // streaming stores are visible before the op returns
+#endif
     };
     const int64_t ids_per_row =
         a.num_rows > 0 ? std::max<int64_t>(1, a.num_ids / a.num_rows) : 1;
-    ParallelFor(ctx, a.num_rows, ids_per_row * (s.num_hashes * (d + 40) + 40),
-                work);
+    ParallelFor(ctx, a.num_rows, ids_per_row * (k * (d + 40) + 40), work);
     return ::tensorflow::OkStatus();
   }
 };
@@ -357,100 +477,167 @@ struct LookupGradFunctor<CPUDevice, T> {
     const int k = s.num_hashes, kw = s.num_weight_hashes;
     const int width = a.weight_width;
     const int64_t n_ids = a.num_ids, d = a.dim;
+    const SaltKeys salts(a.signature);
 
-    // Per id: its rows, its alpha, its output row and the factor
-    // (weight times bag scale) that its contributions carry.
+    // Per id: its token and weight rows, the output row it pooled into, the
+    // factor of each token slot (weight * bag scale * alpha_i), and
+    // d(loss)/d(alpha): the output gradient dotted with its token rows.
     std::vector<int64_t> token_rows(n_ids * k), weight_rows(n_ids * kw);
     std::vector<int64_t> out_row(n_ids);
-    std::vector<Acc> coef(n_ids), alpha(n_ids * width);
+    std::vector<Acc> slot_factor(n_ids * k), dots(kw > 0 ? n_ids * width : 0);
     auto per_id = [&](int64_t begin, int64_t end) {
+      Acc alpha[kMaxHashes];
       for (int64_t r = begin; r < end; ++r) {
         int64_t lo, hi;
         RowBounds(a, r, &lo, &hi);
         const Acc scale = BagScaleOf<T, Acc>(a, lo, hi);
+        const T* g = grad + r * d;
         for (int64_t n = lo; n < hi; ++n) {
           const int64_t id = a.ids[n];
-          const uint64_t key = PositionKey(s, id, n);
-          TokenRows(s, id, key, &token_rows[n * k]);
+          const uint64_t key = salts.Key(id, n);
+          int64_t* rows = &token_rows[n * k];
+          TokenRows(s, id, key, rows);
           WeightRows(s, id, key, &weight_rows[n * kw]);
-          Alpha(s, a.weight_table, width, &weight_rows[n * kw], &alpha[n * width]);
-          const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
-          coef[n] = w * scale;
+          Alpha(s, a.weight_table, width, &weight_rows[n * kw], alpha);
+          const Acc coef =
+              scale * (a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1));
           out_row[n] = r;
+          Acc total = Acc(0);
+          for (int i = 0; i < k; ++i) {
+            slot_factor[n * k + i] = coef * alpha[a.per_hash ? i : 0];
+            if (kw == 0) continue;
+            const T* row = a.token_table + rows[i] * d;
+            Acc dot = Acc(0);
+            for (int64_t c = 0; c < d; ++c) {
+              dot += static_cast<Acc>(g[c]) * static_cast<Acc>(row[c]);
+            }
+            if (a.per_hash) dots[n * width + i] = coef * dot;
+            total += dot;
+          }
+          if (kw > 0 && !a.per_hash) dots[n] = coef * total;
         }
       }
     };
-    ParallelFor(ctx, a.num_rows, 200 * (k + kw + 1), per_id);
+    const int64_t ids_per_row =
+        a.num_rows > 0 ? std::max<int64_t>(1, n_ids / a.num_rows) : 1;
+    ParallelFor(ctx, a.num_rows, ids_per_row * (k * (2 * d + 40) + 40), per_id);
 
-    // Token table: sum coef * alpha_i * grad[row of id] over the slots of
-    // each distinct row; rows are independent, so they run in parallel.
+    TF_RETURN_IF_ERROR(TokenGradient(ctx, a, grad, token_rows, out_row,
+                                     slot_factor));
+    return WeightGradient(ctx, a, weight_rows, dots);
+  }
+
+ private:
+  using Acc = typename AccumulatorOf<T>::type;
+
+  // Sums slot_factor[e] * grad[out_row[e / k]] into each distinct row.
+  static Status TokenGradient(OpKernelContext* ctx, const LookupArgs<T>& a,
+                              const T* grad,
+                              const std::vector<int64_t>& token_rows,
+                              const std::vector<int64_t>& out_row,
+                              const std::vector<Acc>& slot_factor) {
+    const int k = a.signature.num_hashes;
+    const int64_t m = a.signature.num_token_rows, d = a.dim;
+    const int64_t slots = static_cast<int64_t>(token_rows.size());
+    Tensor* rows_out = nullptr;
+    Tensor* values_out = nullptr;
+    if (m > 4 * slots + 4096) {
+      // Few slots in a large table: group them by sorting.
+      RowGroups groups;
+      GroupByRow(token_rows, m, &groups);
+      const int64_t u = static_cast<int64_t>(groups.rows.size());
+      TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({u}), &rows_out));
+      TF_RETURN_IF_ERROR(
+          ctx->allocate_output(1, TensorShape({u, d}), &values_out));
+      std::copy(groups.rows.begin(), groups.rows.end(),
+                rows_out->flat<int64_t>().data());
+      T* values = values_out->flat<T>().data();
+      auto work = [&](int64_t begin, int64_t end) {
+        std::vector<Acc> acc(d);
+        for (int64_t g = begin; g < end; ++g) {
+          std::fill(acc.begin(), acc.end(), Acc(0));
+          for (int64_t e = groups.starts[g]; e < groups.starts[g + 1]; ++e) {
+            const int64_t slot = groups.order[e];
+            AddScaledRow(acc.data(), grad + out_row[slot / k] * d,
+                         slot_factor[slot], d);
+          }
+          for (int64_t c = 0; c < d; ++c) values[g * d + c] = static_cast<T>(acc[c]);
+        }
+      };
+      ParallelFor(ctx, u, std::max<int64_t>(1, slots / std::max<int64_t>(1, u)) *
+                              (2 * d + 20), work);
+      return ::tensorflow::OkStatus();
+    }
+    // The table is not much larger than the slots: scatter into a scratch
+    // table (memory proportional to the slots). Each part owns a range of
+    // rows and visits the slots in order, so sums are race-free and
+    // deterministic (ascending slot order within a row).
+    std::unique_ptr<Acc[]> scratch(new Acc[m * d]);
+    std::vector<char> touched(m, 0);
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const int64_t parts = std::max(1, workers->NumThreads());
+    auto scatter = [&](int64_t p_begin, int64_t p_end) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
+        const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
+        for (int64_t e = 0; e < slots; ++e) {
+          const int64_t row = token_rows[e];
+          if (row < lo || row >= hi) continue;
+          const T* g = grad + out_row[e / k] * d;
+          Acc* acc = scratch.get() + row * d;
+          const Acc f = slot_factor[e];
+          if (!touched[row]) {
+            touched[row] = 1;
+            for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
+          } else {
+            AddScaledRow(acc, g, f, d);
+          }
+        }
+      }
+    };
+    ParallelFor(ctx, parts, slots * (d + 10), scatter);
+    std::vector<int64_t> distinct;
+    for (int64_t r = 0; r < m; ++r) {
+      if (touched[r]) distinct.push_back(r);
+    }
+    const int64_t u = static_cast<int64_t>(distinct.size());
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({u}), &rows_out));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({u, d}), &values_out));
+    std::copy(distinct.begin(), distinct.end(), rows_out->flat<int64_t>().data());
+    T* values = values_out->flat<T>().data();
+    auto copy = [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        const Acc* acc = scratch.get() + distinct[g] * d;
+        for (int64_t c = 0; c < d; ++c) values[g * d + c] = static_cast<T>(acc[c]);
+      }
+    };
+    ParallelFor(ctx, u, 2 * d, copy);
+    return ::tensorflow::OkStatus();
+  }
+
+  // Sums each id's d(loss)/d(alpha) into its distinct weight rows.
+  static Status WeightGradient(OpKernelContext* ctx, const LookupArgs<T>& a,
+                               const std::vector<int64_t>& weight_rows,
+                               const std::vector<Acc>& dots) {
+    const int kw = a.signature.num_weight_hashes;
+    const int width = a.weight_width;
     RowGroups groups;
-    GroupByRow(token_rows, s.num_token_rows, &groups);
+    GroupByRow(weight_rows, kw > 0 ? a.signature.num_weight_rows : 0, &groups);
     const int64_t u = static_cast<int64_t>(groups.rows.size());
     Tensor* rows_out = nullptr;
     Tensor* values_out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({u}), &rows_out));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(2, TensorShape({u}), &rows_out));
     TF_RETURN_IF_ERROR(
-        ctx->allocate_output(1, TensorShape({u, d}), &values_out));
+        ctx->allocate_output(3, TensorShape({u, width}), &values_out));
     std::copy(groups.rows.begin(), groups.rows.end(),
               rows_out->flat<int64_t>().data());
     T* values = values_out->flat<T>().data();
-    auto token_work = [&](int64_t begin, int64_t end) {
-      std::vector<Acc> acc(d);
-      for (int64_t g = begin; g < end; ++g) {
-        std::fill(acc.begin(), acc.end(), Acc(0));
-        for (int64_t e = groups.starts[g]; e < groups.starts[g + 1]; ++e) {
-          const int64_t slot = groups.order[e];
-          const int64_t n = slot / k;
-          const Acc f = coef[n] * alpha[n * width + (a.per_hash ? slot % k : 0)];
-          const T* gr = grad + out_row[n] * d;
-          for (int64_t c = 0; c < d; ++c) acc[c] += f * static_cast<Acc>(gr[c]);
-        }
-        T* out = values + g * d;
-        for (int64_t c = 0; c < d; ++c) out[c] = static_cast<T>(acc[c]);
-      }
-    };
-    const int64_t slots_per_row = u > 0 ? std::max<int64_t>(1, n_ids * k / u) : 1;
-    ParallelFor(ctx, u, slots_per_row * (2 * d + 20), token_work);
-
-    // Weight table: d(output)/d(alpha) is the dot product of the output
-    // gradient with the token rows (their sum in scalar mode).
-    std::vector<Acc> dots(kw > 0 ? n_ids * width : 0);
-    if (kw > 0) {
-      auto dot_work = [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-          const T* gr = grad + out_row[n] * d;
-          Acc total = Acc(0);
-          for (int i = 0; i < k; ++i) {
-            const T* row = a.token_table + token_rows[n * k + i] * d;
-            Acc dot = Acc(0);
-            for (int64_t c = 0; c < d; ++c) {
-              dot += static_cast<Acc>(gr[c]) * static_cast<Acc>(row[c]);
-            }
-            if (a.per_hash) dots[n * width + i] = coef[n] * dot;
-            total += dot;
-          }
-          if (!a.per_hash) dots[n] = coef[n] * total;
-        }
-      };
-      ParallelFor(ctx, n_ids, k * (2 * d + 20), dot_work);
-    }
-    RowGroups wgroups;
-    GroupByRow(weight_rows, kw > 0 ? s.num_weight_rows : 0, &wgroups);
-    const int64_t uw = static_cast<int64_t>(wgroups.rows.size());
-    TF_RETURN_IF_ERROR(ctx->allocate_output(2, TensorShape({uw}), &rows_out));
-    TF_RETURN_IF_ERROR(
-        ctx->allocate_output(3, TensorShape({uw, width}), &values_out));
-    std::copy(wgroups.rows.begin(), wgroups.rows.end(),
-              rows_out->flat<int64_t>().data());
-    T* wvalues = values_out->flat<T>().data();
-    for (int64_t g = 0; g < uw; ++g) {
+    for (int64_t g = 0; g < u; ++g) {
       for (int c = 0; c < width; ++c) {
         Acc sum = Acc(0);
-        for (int64_t e = wgroups.starts[g]; e < wgroups.starts[g + 1]; ++e) {
-          sum += dots[(wgroups.order[e] / kw) * width + c];
+        for (int64_t e = groups.starts[g]; e < groups.starts[g + 1]; ++e) {
+          sum += dots[(groups.order[e] / kw) * width + c];
         }
-        wvalues[g * width + c] = static_cast<T>(sum);
+        values[g * width + c] = static_cast<T>(sum);
       }
     }
     return ::tensorflow::OkStatus();
@@ -462,9 +649,10 @@ struct HashRowsFunctor<CPUDevice> {
   Status operator()(OpKernelContext* ctx, const Signature& s,
                     const int64_t* ids, int64_t num_ids, int64_t* token_rows,
                     int64_t* weight_rows) {
+    const SaltKeys salts(s);
     auto work = [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
-        const uint64_t key = PositionKey(s, ids[n], n);
+        const uint64_t key = salts.Key(ids[n], n);
         TokenRows(s, ids[n], key, token_rows + n * s.num_hashes);
         WeightRows(s, ids[n], key, weight_rows + n * s.num_weight_hashes);
       }

@@ -64,11 +64,16 @@ MEMREC_HD uint64_t IdKey(int64_t id, uint64_t salt_key) {
   return Mix64(static_cast<uint64_t>(id) ^ salt_key);
 }
 
-// Row of hash function j of one stream in a table of `rows` rows. The top
-// 63 bits are used so that the built-in-ops path can do the same modulo on
-// a non-negative int64.
+// Row of hash function j of one stream in a table of `rows` rows.
+// Tables below 2^32 rows take the multiply-shift range reduction of the top
+// 32 bits (no division); larger ones the top 63 bits modulo `rows`. Both
+// forms are exact in wrapping int64 arithmetic, which the built-in-ops path
+// relies on.
 MEMREC_HD int64_t HashRow(uint64_t key, uint64_t stream, int j, int64_t rows) {
   const uint64_t h = Mix64(key + static_cast<uint64_t>(j + 1) * stream);
+  if (rows < (int64_t(1) << 32)) {
+    return static_cast<int64_t>(((h >> 32) * static_cast<uint64_t>(rows)) >> 32);
+  }
   return static_cast<int64_t>((h >> 1) % static_cast<uint64_t>(rows));
 }
 
@@ -143,11 +148,15 @@ MEMREC_HD bool InVocabulary(const Signature& s, int64_t id) {
   return s.vocab_size > 0 && id >= 0 && id < s.vocab_size;
 }
 
+// Salt of the value at flat position `position` of the ids.
+MEMREC_HD int64_t PositionSalt(const Signature& s, int64_t position) {
+  return s.num_salts > 1 ? position % s.num_salts : 0;
+}
+
 // Key of the value at flat position `position` of the ids.
 MEMREC_HD uint64_t PositionKey(const Signature& s, int64_t id,
                                int64_t position) {
-  const int64_t salt = s.num_salts > 1 ? position % s.num_salts : 0;
-  return IdKey(id, SaltKey(s.seed, salt));
+  return IdKey(id, SaltKey(s.seed, PositionSalt(s, position)));
 }
 
 MEMREC_HD void TokenRows(const Signature& s, int64_t id, uint64_t key,

@@ -42,11 +42,17 @@ def _keys(ids, signature):
 
 
 def _hash_rows(keys, stream, count, rows):
-    """[N, count] rows of `count` hash functions of one stream."""
+    """[N, count] rows of `count` hash functions of one stream (HashRow)."""
     columns = []
     for j in range(count):
         h = _mix64(keys + sig_lib.as_int64((j + 1) * stream))
-        columns.append(tf.math.floormod(_shift_right_logical(h, 1), rows))
+        if rows < 1 << 32:
+            # (h >> 32) * rows < 2^64: the wrapped int64 product has the bits
+            # of the exact unsigned one.
+            row = _shift_right_logical(_shift_right_logical(h, 32) * rows, 32)
+        else:
+            row = tf.math.floormod(_shift_right_logical(h, 1), rows)
+        columns.append(row)
     return tf.stack(columns, axis=1)
 
 

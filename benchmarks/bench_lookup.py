@@ -1,0 +1,147 @@
+"""Lookup speed: the fused MEM-REC op against the built-in-ops path and a full table.
+
+Prints one table from one run, every variant timed side by side (interleaved
+rounds, medians), and the ratios the targets are stated in:
+
+    python benchmarks/bench_lookup.py            # 4096 x 26 ids, d=64, k=2, m=2^16, 40M-row full table
+    python benchmarks/bench_lookup.py --full-rows 4000000 --rounds 5   # quick
+
+The full table is float32 [full_rows, d]: 40M x 64 is 10.24 GB of memory.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from memrec_tf import core, ops
+from memrec_tf.signature import Signature
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _time(fn, repeats):
+    """Median wall time of `repeats` calls, in milliseconds."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def build_cases(args):
+    rng = np.random.default_rng(args.seed)
+    n = args.batch * args.features
+    ids = tf.constant(rng.integers(0, args.full_rows, size=n), tf.int64)
+    grad = tf.constant(rng.standard_normal((n, args.dim)), tf.float32)
+    signature = Signature(num_hashes=args.k, num_weight_hashes=1, seed=1)
+    token = tf.Variable(tf.random.uniform([args.m, args.dim], -0.05, 0.05), name="token")
+    weight = tf.Variable(tf.ones([args.m, 1]), name="weight")
+    no_splits = tf.zeros([0], tf.int64)
+    no_weights = tf.zeros([0], tf.float32)
+    # tf.zeros is written page by page, so the full table is really resident.
+    full = tf.Variable(tf.zeros([args.full_rows, args.dim]), name="full")
+
+    def memrec(path):
+        fn = ops.lookup if path == "fused" else core.lookup
+        return lambda: fn(ids, no_splits, no_weights, token, weight, signature,
+                          combiner="none")
+
+    def forward(lookup):
+        return tf.function(lookup)
+
+    def forward_backward(lookup, variables):
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                out = lookup()
+                loss = tf.reduce_sum(out * grad)
+            # IndexedSlices: materialise values and indices, as an optimizer would.
+            return [(g.values, g.indices) for g in tape.gradient(loss, variables)]
+        return step
+
+    full_lookup = lambda: tf.nn.embedding_lookup(full, ids)  # noqa: E731
+    return {
+        "fused forward": forward(memrec("fused")),
+        "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
+        "core forward": forward(memrec("core")),
+        "core forward+backward": forward_backward(memrec("core"), [token, weight]),
+        "full-table forward": forward(full_lookup),
+        "full-table forward+backward": forward_backward(full_lookup, [full]),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--features", type=int, default=26)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--m", type=int, default=2 ** 16)
+    parser.add_argument("--full-rows", type=int, default=40_000_000)
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="interleaved rounds; each variant runs --repeats times a round")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    available, reason = ops.is_available()
+    if not available:
+        sys.exit(f"bench_lookup: the fused op is unavailable: {reason}")
+    cases = build_cases(args)
+    for fn in cases.values():  # trace and warm up
+        for _ in range(3):
+            fn()
+    samples = {name: [] for name in cases}
+    for _ in range(args.rounds):
+        for name, fn in cases.items():
+            samples[name].append(_time(fn, args.repeats))
+    median = {name: statistics.median(v) for name, v in samples.items()}
+
+    print(f"# bench_lookup: {args.batch} x {args.features} ids, d={args.dim}, k={args.k}, "
+          f"m={args.m}, full table {args.full_rows:,} x {args.dim} float32")
+    print(f"# {_cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; "
+          f"median of {args.rounds} rounds x {args.repeats}")
+    print(f"| {'variant':<28} | {'median ms':>10} | {'min ms':>8} | {'max ms':>8} |")
+    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
+    for name in cases:
+        v = samples[name]
+        print(f"| {name:<28} | {median[name]:>10.2f} | {min(v):>8.2f} | {max(v):>8.2f} |")
+    ratios = {
+        "full fwd / fused fwd (target >= 3.4)":
+            median["full-table forward"] / median["fused forward"],
+        "full fwd+bwd / fused fwd+bwd (target >= 2)":
+            median["full-table forward+backward"] / median["fused forward+backward"],
+        "core fwd / fused fwd (target >= 5)":
+            median["core forward"] / median["fused forward"],
+        "core fwd+bwd / fused fwd+bwd (target >= 5)":
+            median["core forward+backward"] / median["fused forward+backward"],
+    }
+    print()
+    for name, value in ratios.items():
+        print(f"{name:<46} {value:6.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "median_ms": median, "ratios": ratios,
+                       "cpu": _cpu_name(), "cores": os.cpu_count(),
+                       "tensorflow": tf.__version__}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
