@@ -1,0 +1,328 @@
+"""Training and evaluation of DLRM / DCN models on click logs.
+
+The `memrec` command is a thin layer over this module: `make_source` turns
+the data options into tf.data pipelines, `train` builds, fits and saves a
+model (under a tf.distribute strategy, resuming from its last checkpoint),
+`evaluate` scores a saved one. Everything a run needs to be evaluated again
+(data format options, feature spec) is written to `run.json` beside the
+model.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from memrec_tf import data as data_lib
+from memrec_tf import models as models_lib
+
+keras = tf.keras
+
+FORMATS = ("synthetic", "criteo", "libfm", "csv")
+STRATEGIES = ("default", "mirrored", "multi-worker")
+MODEL_FILE = "model.keras"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+
+
+class UsageError(ValueError):
+    """A user-facing problem with the options or the files (no traceback)."""
+
+
+@dataclasses.dataclass
+class DataOptions:
+    """Where the rows come from and how to read them."""
+
+    format: str = "synthetic"
+    train: str = None
+    eval: str = None
+    columns: str = None            # csv: label=...,categorical=...,numeric=...
+    delimiter: str = None          # csv: default sniffed from the header
+    libfm_fields: int = None       # libfm: pairs per line (one per field)
+    on_error: str = "skip"         # malformed lines: skip (counted) or raise
+    cardinalities: list = None     # per categorical feature; counted when absent
+    synthetic_preset: str = "small"
+    synthetic_rows: int = 200_000
+    synthetic_eval_rows: int = 50_000
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Source:
+    """Data pipelines and the feature spec of the model that reads them."""
+
+    train: object            # callable(batch_size) -> tf.data.Dataset, or None
+    eval: object             # callable(batch_size) -> tf.data.Dataset, or None
+    num_dense: int
+    cardinalities: list
+    readers: list            # file readers, for their malformed-line stats
+
+
+def _as_model_batches(dataset):
+    # Readers yield labels [B]; the models predict [B, 1].
+    return dataset.map(lambda features, label: (features, tf.reshape(label, [-1, 1])),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_file(path, what):
+    if path is None:
+        raise UsageError(f"--{what} FILE is required for this format")
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} file not found: {path}")
+    return path
+
+
+def _reader(options, path, batch_size):
+    fmt = options.format
+    if fmt == "criteo":
+        return data_lib.CriteoTSVReader([path], batch_size=batch_size, on_error=options.on_error)
+    if fmt == "libfm":
+        return data_lib.LibFMReader([path], num_fields=options.libfm_fields,
+                                    batch_size=batch_size, on_error=options.on_error)
+    if fmt == "csv":
+        if not options.columns:
+            raise UsageError("--format csv needs --columns "
+                             "'label=NAME,categorical=A,B,...,numeric=X,Y,...'")
+        return data_lib.CSVReader([path], columns=options.columns, delimiter=options.delimiter,
+                                  batch_size=batch_size, on_error=options.on_error)
+    raise UsageError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+
+
+def count_cardinalities(reader, limit=50_000_000):
+    """Distinct ids per categorical column, counted in one streaming pass.
+
+    Raises:
+      UsageError: more than `limit` distinct values in all (give
+        --cardinalities instead).
+    """
+    seen = None
+    total = 0
+    for features, _ in reader.iter_batches():
+        cat = features["categorical"]
+        if seen is None:
+            seen = [set() for _ in range(cat.shape[1])]
+        for j, column in enumerate(seen):
+            before = len(column)
+            column.update(np.unique(cat[:, j]).tolist())
+            total += len(column) - before
+        if total > limit:
+            raise UsageError(f"more than {limit:,} distinct categorical values: pass "
+                             "--cardinalities instead of counting them")
+    if seen is None:
+        raise UsageError(f"no valid rows in {reader.paths if hasattr(reader, 'paths') else reader}")
+    return [max(1, len(column)) for column in seen]
+
+
+def make_source(options, batch_size):
+    """Pipelines for the training and evaluation data of `options`."""
+    if options.format not in FORMATS:
+        raise UsageError(f"unknown format {options.format!r}; choose one of {FORMATS}")
+    if options.format == "synthetic":
+        cards = options.cardinalities or options.synthetic_preset
+
+        def synthetic(rows, stream):
+            generator = data_lib.SyntheticCriteo(cards, num_rows=rows, seed=options.seed,
+                                                 stream=stream, batch_size=batch_size)
+            return generator
+
+        train_gen = synthetic(options.synthetic_rows, 0)
+        return Source(
+            train=lambda b: _as_model_batches(synthetic(options.synthetic_rows, 0).dataset()),
+            eval=lambda b: _as_model_batches(synthetic(options.synthetic_eval_rows, 1).dataset()),
+            num_dense=train_gen.num_dense, cardinalities=list(train_gen.cardinalities),
+            readers=[])
+    readers = []
+
+    def pipeline(path):
+        if path is None:
+            return None
+        _check_file(path, "data")
+
+        def make(b):
+            reader = _reader(options, path, b)
+            readers.append(reader)
+            return _as_model_batches(reader.dataset())
+        return make
+
+    train_path = options.train
+    if train_path is not None:
+        _check_file(train_path, "train")
+    if options.eval is not None:
+        _check_file(options.eval, "eval")
+    probe = _reader(options, train_path or options.eval, batch_size)
+    cards = options.cardinalities
+    if cards is None:
+        cards = count_cardinalities(probe)
+    if len(cards) != probe.spec.num_categorical:
+        raise UsageError(f"--cardinalities has {len(cards)} entries but the data has "
+                         f"{probe.spec.num_categorical} categorical features")
+    return Source(train=pipeline(train_path), eval=pipeline(options.eval),
+                  num_dense=probe.spec.num_dense, cardinalities=list(cards), readers=readers)
+
+
+def make_strategy(name):
+    """The tf.distribute strategy of --strategy (workers from TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UsageError("--strategy multi-worker needs TF_CONFIG naming the cluster and "
+                             "this worker's task (see README, 'More than one machine')")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UsageError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+
+
+def embedding_options(method, embedding_dim, cardinalities, compression, overrides):
+    """The embedding layer's options: sized to 1/compression, then overridden."""
+    if method == "full":
+        return {}
+    sizers = {"memrec": models_lib.memrec_config,
+              "memrec_per_feature": models_lib.memrec_per_feature_config,
+              "hashing": models_lib.hashing_config, "qr": models_lib.qr_config}
+    if method not in sizers:
+        raise UsageError(f"unknown embedding {method!r}; choose one of {models_lib.METHODS}")
+    kwargs = {}
+    if method.startswith("memrec"):
+        for key in ("num_hashes", "num_weight_hashes", "weight_mode"):
+            if overrides.get(key) is not None:
+                kwargs[key] = overrides[key]
+    try:
+        config = sizers[method](embedding_dim, cardinalities, compression=compression, **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    options = dict(config.options)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return options
+
+
+def compile_model(model, learning_rate):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc", num_thresholds=4000),
+                           keras.metrics.BinaryCrossentropy(name="logloss")])
+
+
+class _Throughput(keras.callbacks.Callback):
+    """Training examples per second, over the batches of all epochs."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size = batch_size
+        self.examples = 0
+        self.seconds = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds += time.perf_counter() - self._start
+        self.examples += self.batch_size
+
+    @property
+    def examples_per_second(self):
+        return self.examples / self.seconds if self.seconds else 0.0
+
+
+def _read_stats(readers):
+    rows_read = sum(r.stats.rows_read for r in readers)
+    rejected = sum(r.stats.rows_rejected for r in readers)
+    first = []
+    for r in readers:
+        first.extend(f"{x.path}:{x.line}: {x.reason}" for x in r.stats.rejects[:5])
+    return {"rows_read": rows_read, "rows_rejected": rejected, "first_rejects": first[:5]}
+
+
+def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
+          compression=16.0, embedding_overrides=None, epochs=1, batch_size=1024,
+          learning_rate=1e-3, strategy="default", verbose=1, log=print):
+    """Trains a model and writes it, run.json and metrics.json into `output`.
+
+    Interrupted training resumes from `output/backup` (Keras'
+    BackupAndRestore) and reaches the weights of an uninterrupted run.
+
+    Returns:
+      The metrics dict (also written to `output/metrics.json`).
+    """
+    os.makedirs(output, exist_ok=True)
+    strategy_obj = make_strategy(strategy)
+    global_batch = batch_size * strategy_obj.num_replicas_in_sync
+    source = make_source(data_options, global_batch)
+    if source.train is None:
+        raise UsageError("--train FILE is required for this format")
+    overrides = dict(embedding_overrides or {})
+    options = embedding_options(embedding, embedding_dim, source.cardinalities, compression,
+                                overrides)
+    spec = {"num_dense": source.num_dense, "cardinalities": source.cardinalities}
+    with strategy_obj.scope():
+        model = models_lib.build_model(model_kind, spec, embedding=embedding,
+                                       embedding_options=options, embedding_dim=embedding_dim,
+                                       seed=data_options.seed)
+        compile_model(model, learning_rate)
+    report = models_lib.embedding_report(model)
+    throughput = _Throughput(global_batch)
+    callbacks = [throughput, keras.callbacks.BackupAndRestore(os.path.join(output, "backup"))]
+    model.fit(source.train(global_batch), epochs=epochs, verbose=verbose, callbacks=callbacks,
+              shuffle=False)
+    metrics = {"auc": None, "logloss": None}
+    if source.eval is not None:
+        metrics.update(_evaluate(model, source.eval(global_batch), verbose))
+    metrics.update(embedding_bytes=int(report.bytes), full_embedding_bytes=int(report.full_bytes),
+                   compression=float(report.full_bytes / report.bytes),
+                   examples_per_second=throughput.examples_per_second,
+                   model=model_kind, embedding=embedding, embedding_options=options,
+                   num_replicas=strategy_obj.num_replicas_in_sync,
+                   data=_read_stats(source.readers))
+    if _is_chief():
+        model.save(os.path.join(output, MODEL_FILE))
+        with open(os.path.join(output, RUN_FILE), "w") as f:
+            json.dump({"data": dataclasses.asdict(data_options), "model": model_kind,
+                       "embedding": embedding, "embedding_dim": embedding_dim,
+                       "embedding_options": options, "spec": spec}, f, indent=2)
+        with open(os.path.join(output, METRICS_FILE), "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
+
+
+def _is_chief():
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    return task.get("type", "chief") == "chief" or (
+        task.get("type") == "worker" and task.get("index", 0) == 0)
+
+
+def _evaluate(model, dataset, verbose):
+    results = model.evaluate(dataset, verbose=verbose, return_dict=True)
+    return {"auc": float(results["auc"]), "logloss": float(results["logloss"])}
+
+
+def load_model(model_dir):
+    """The model saved by `train` in `model_dir`."""
+    path = os.path.join(model_dir, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise UsageError(f"no trained model in {model_dir} (expected {path})")
+    return keras.models.load_model(path)
+
+
+def evaluate(model_dir, data_options=None, batch_size=1024, verbose=1):
+    """AUC, log loss and bytes of a saved model on `data_options.eval` data.
+
+    Without data options, the run's own evaluation data is used.
+    """
+    model = load_model(model_dir)
+    with open(os.path.join(model_dir, RUN_FILE)) as f:
+        run = json.load(f)
+    options = data_options or DataOptions(**run["data"])
+    options.cardinalities = run["spec"]["cardinalities"]
+    source = make_source(options, batch_size)
+    if source.eval is None:
+        raise UsageError("--data FILE is required to evaluate on this format")
+    report = models_lib.embedding_report(model)
+    metrics = _evaluate(model, source.eval(batch_size), verbose)
+    metrics.update(embedding_bytes=int(report.bytes),
+                   full_embedding_bytes=int(report.full_bytes),
+                   data=_read_stats(source.readers))
+    return metrics
