@@ -1,0 +1,283 @@
+"""Sizing every embedding method to one byte budget.
+
+Given the categorical features (per-feature cardinalities, or a total
+vocabulary V for a global dense-index space), the width d and a budget in
+bytes (or a compression factor c, meaning full bytes / c), each function here
+returns the largest configuration of one method whose tables, all of them
+counted, fit the budget. The options plug into `build_model(...,
+embedding=config.method, embedding_options=config.options)`.
+"""
+import dataclasses
+import math
+
+from memrec_tf.models import features
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetConfig:
+    """One method sized to a budget.
+
+    Attributes:
+      method: the embedding method ("memrec", "memrec_per_feature", "full",
+        "hashing" or "qr").
+      options: its embedding options (the layer's arguments).
+      bytes: bytes of all its tables.
+      full_bytes: bytes of the full tables it replaces.
+    """
+
+    method: str
+    options: dict
+    bytes: int
+    full_bytes: int
+
+    @property
+    def ratio(self):
+        return self.full_bytes / self.bytes
+
+
+def budget_bytes(full_bytes, budget=None, compression=None):
+    """The budget in bytes: `budget` itself, or full_bytes // compression.
+
+    Raises:
+      ValueError: neither or both given, or a value that is not positive.
+    """
+    if (budget is None) == (compression is None):
+        raise ValueError("give exactly one of budget (bytes) and compression (a factor), got "
+                         f"budget={budget!r}, compression={compression!r}")
+    if budget is not None:
+        if int(budget) != budget or budget < 1:
+            raise ValueError(f"budget must be a positive whole number of bytes, got {budget!r}")
+        return int(budget)
+    if not compression > 0:
+        raise ValueError(f"compression must be > 0, got {compression!r}")
+    return int(full_bytes // compression)
+
+
+def _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize):
+    if not cardinalities and not vocabulary_size:
+        raise ValueError("give cardinalities or a vocabulary_size")
+    return features.full_rows(cardinalities or (), vocabulary_size) * output_dim * itemsize
+
+
+def _memrec_rows(budget, output_dim, weight_fraction, num_hashes, num_weight_hashes,
+                 weight_mode, num_head_rows, itemsize):
+    """(m, m_w) of one MEM-REC layer within `budget` bytes, or None if it cannot fit."""
+    width = num_hashes if weight_mode == "per_hash" else 1
+    token_row, weight_row = output_dim * itemsize, width * itemsize
+    min_token, min_weight = num_head_rows + num_hashes, max(1, num_weight_hashes)
+    spare = budget - min_token * token_row
+    if spare < min_weight * weight_row:
+        return None
+    # The weight table takes its fraction of the budget, but never the rows
+    # the token table needs.
+    weight_rows = max(min_weight, min(int(weight_fraction * budget) // weight_row,
+                                      spare // weight_row))
+    token_rows = (budget - weight_rows * weight_row) // token_row
+    return token_rows, weight_rows
+
+
+def _check_memrec_args(weight_fraction, weight_mode):
+    if not 0 <= weight_fraction < 1:
+        raise ValueError(f"weight_fraction must be in [0, 1), got {weight_fraction!r}")
+    if weight_mode not in ("scalar", "per_hash"):
+        raise ValueError(f"weight_mode must be 'scalar' or 'per_hash', got {weight_mode!r}")
+
+
+def _memrec_bytes(token_rows, weight_rows, output_dim, num_hashes, weight_mode, itemsize):
+    width = num_hashes if weight_mode == "per_hash" else 1
+    return (token_rows * output_dim + weight_rows * width) * itemsize
+
+
+def memrec_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
+                  compression=None, weight_fraction=0.125, num_hashes=2, num_weight_hashes=1,
+                  weight_mode="scalar", num_head_rows=0, itemsize=4):
+    """Shared MEM-REC: m and m_w with the weight table about weight_fraction of the bytes.
+
+    Returns:
+      A `BudgetConfig` with options num_token_rows, num_weight_rows,
+      num_hashes, num_weight_hashes, weight_mode (and num_head_rows if set).
+
+    Raises:
+      ValueError: the budget is below k (+ head) token rows and the weight
+        rows k_w needs.
+    """
+    _check_memrec_args(weight_fraction, weight_mode)
+    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    budget = budget_bytes(full, budget, compression)
+    rows = _memrec_rows(budget, output_dim, weight_fraction, num_hashes, num_weight_hashes,
+                        weight_mode, num_head_rows, itemsize)
+    if rows is None:
+        raise ValueError(f"a budget of {budget} bytes cannot hold a MEM-REC layer with "
+                         f"d={output_dim}, k={num_hashes}, k_w={num_weight_hashes}, "
+                         f"num_head_rows={num_head_rows}")
+    options = dict(num_token_rows=rows[0], num_weight_rows=rows[1], num_hashes=num_hashes,
+                   num_weight_hashes=num_weight_hashes, weight_mode=weight_mode)
+    if num_head_rows:
+        options["num_head_rows"] = num_head_rows
+    used = _memrec_bytes(rows[0], rows[1], output_dim, num_hashes, weight_mode, itemsize)
+    return BudgetConfig("memrec", options, used, full)
+
+
+def _split(total, minimums, shares):
+    """Minimums plus `total - sum(minimums)` split in proportion to shares."""
+    spare = total - sum(minimums)
+    whole = sum(shares)
+    return [low + spare * share // whole for low, share in zip(minimums, shares)]
+
+
+def memrec_per_feature_config(output_dim, cardinalities, vocabulary_size=0, budget=None,
+                              compression=None, weight_fraction=0.125, num_hashes=2,
+                              num_weight_hashes=1, weight_mode="scalar", itemsize=4):
+    """MEM-REC tables per feature, the budget split in proportion to cardinality.
+
+    Every feature first gets the least a MEM-REC layer needs (k token rows and
+    max(1, k_w) weight rows); the rest is split by cardinality. A global
+    vocabulary_size only sets the full bytes (and the budget from a
+    compression factor).
+
+    Returns:
+      A `BudgetConfig` with per-feature lists num_token_rows, num_weight_rows.
+
+    Raises:
+      ValueError: the budget is below the least every feature needs.
+    """
+    _check_memrec_args(weight_fraction, weight_mode)
+    cards = list(cardinalities)
+    full = _full_bytes(cards, vocabulary_size, output_dim, itemsize)
+    budget = budget_bytes(full, budget, compression)
+    least = _memrec_bytes(num_hashes, max(1, num_weight_hashes), output_dim, num_hashes,
+                          weight_mode, itemsize)
+    if least * len(cards) > budget:
+        raise ValueError(f"a budget of {budget} bytes is below {least * len(cards)}, the least "
+                         f"{len(cards)} per-feature MEM-REC layers need")
+    shares = _split(budget, [least] * len(cards), cards)
+    token_rows, weight_rows = [], []
+    for share in shares:
+        m, m_w = _memrec_rows(share, output_dim, weight_fraction, num_hashes,
+                              num_weight_hashes, weight_mode, 0, itemsize)
+        token_rows.append(m)
+        weight_rows.append(m_w)
+    used = sum(_memrec_bytes(m, m_w, output_dim, num_hashes, weight_mode, itemsize)
+               for m, m_w in zip(token_rows, weight_rows))
+    options = dict(num_token_rows=token_rows, num_weight_rows=weight_rows,
+                   num_hashes=num_hashes, num_weight_hashes=num_weight_hashes,
+                   weight_mode=weight_mode)
+    return BudgetConfig("memrec_per_feature", options, used, full)
+
+
+def hashing_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
+                   compression=None, itemsize=4):
+    """The hashing trick: R rows, at most the size of the index space.
+
+    Raises:
+      ValueError: the budget is below one row.
+    """
+    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    budget = budget_bytes(full, budget, compression)
+    row = output_dim * itemsize
+    rows = min(budget // row, features.full_rows(cardinalities or (), vocabulary_size))
+    if rows < 1:
+        raise ValueError(f"a budget of {budget} bytes is below one row of {row} bytes")
+    return BudgetConfig("hashing", dict(num_rows=rows), rows * row, full)
+
+
+def qr_least_rows(num_values):
+    """min over R of R + ceil(V / R): the fewest rows a QR pair covering V values needs."""
+    root = math.isqrt(num_values)
+    return min(r + -(-num_values // r) for r in (max(1, root), root + 1))
+
+
+def qr_rows(num_values, max_rows):
+    """(R, Q) with R * Q >= V and R + Q <= max_rows, R as large as possible.
+
+    The remainder table is the one whose rows are most often unshared, so it
+    takes all the rows the quotient table does not need. None if impossible.
+    """
+    if max_rows >= num_values + 1:
+        return num_values, 1
+    if max_rows < qr_least_rows(num_values):
+        return None
+    # R + ceil(V / R) does not decrease for R >= sqrt(V): start from the real
+    # root of R + V / R = max_rows and step to the exact boundary.
+    r = int((max_rows + math.sqrt(max(0, max_rows * max_rows - 4 * num_values))) / 2)
+    r = max(1, min(r, num_values))
+    while r > 1 and r + -(-num_values // r) > max_rows:
+        r -= 1
+    while r < num_values and r + 1 + -(-num_values // (r + 1)) <= max_rows:
+        r += 1
+    return r, -(-num_values // r)
+
+
+def qr_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
+              compression=None, per_feature=False, combine="product", itemsize=4):
+    """Quotient-remainder: R and Q with R * Q >= V and R + Q rows in the budget.
+
+    Shared: one pair covering the whole index space (V, or the sum of
+    cardinalities). Per feature: a pair per feature, each first given the
+    fewest rows that cover its cardinality, the rest split by cardinality.
+
+    Raises:
+      ValueError: the budget is below the fewest rows that cover the space(s).
+    """
+    if per_feature and (vocabulary_size or not cardinalities):
+        raise ValueError("per-feature QR needs per-feature cardinalities, not a global "
+                         f"vocabulary_size={vocabulary_size!r}")
+    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    budget = budget_bytes(full, budget, compression)
+    row = output_dim * itemsize
+    max_rows = budget // row
+    spaces = (list(cardinalities) if per_feature
+              else [features.full_rows(cardinalities or (), vocabulary_size)])
+    least = [qr_least_rows(v) for v in spaces]
+    if sum(least) > max_rows:
+        raise ValueError(f"a budget of {budget} bytes ({max_rows} rows of {row} bytes) is "
+                         f"below the {sum(least)} rows QR needs to cover {spaces}")
+    pairs = [qr_rows(v, n) for v, n in zip(spaces, _split(max_rows, least, spaces))]
+    rem = [p[0] for p in pairs]
+    quo = [p[1] for p in pairs]
+    options = dict(remainder_rows=rem if per_feature else rem[0],
+                   quotient_rows=quo if per_feature else quo[0],
+                   per_feature=per_feature, combine=combine)
+    return BudgetConfig("qr", options, (sum(rem) + sum(quo)) * row, full)
+
+
+def full_config(output_dim, cardinalities=None, vocabulary_size=0, itemsize=4):
+    """The full tables (no options): the baseline every ratio is against."""
+    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    return BudgetConfig("full", {}, full, full)
+
+
+def budget_configs(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
+                   compression=None, weight_fraction=0.125, num_hashes=2,
+                   num_weight_hashes=1, weight_mode="scalar", itemsize=4):
+    """Every method sized to one budget: {method: BudgetConfig}.
+
+    A method that cannot fit (the full tables, usually; QR below 2 sqrt(V)
+    rows) is left out, as is memrec_per_feature without per-feature
+    cardinalities.
+    """
+    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    budget = budget_bytes(full, budget, compression)
+    memrec_args = dict(weight_fraction=weight_fraction, num_hashes=num_hashes,
+                       num_weight_hashes=num_weight_hashes, weight_mode=weight_mode,
+                       itemsize=itemsize)
+    makers = {
+        "memrec": lambda: memrec_config(output_dim, cardinalities, vocabulary_size, budget,
+                                        **memrec_args),
+        "hashing": lambda: hashing_config(output_dim, cardinalities, vocabulary_size, budget,
+                                          itemsize=itemsize),
+        "qr": lambda: qr_config(output_dim, cardinalities, vocabulary_size, budget,
+                                itemsize=itemsize),
+    }
+    if cardinalities:
+        makers["memrec_per_feature"] = lambda: memrec_per_feature_config(
+            output_dim, cardinalities, vocabulary_size, budget, **memrec_args)
+    configs = {}
+    if full <= budget:
+        configs["full"] = full_config(output_dim, cardinalities, vocabulary_size, itemsize)
+    for method, make in makers.items():
+        try:
+            configs[method] = make()
+        except ValueError:
+            continue
+    return configs
