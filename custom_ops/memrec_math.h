@@ -111,21 +111,63 @@ struct Signature {
   int64_t weight_stride[kMaxHashes];
 };
 
-// Splits `rows` rows into `parts` segments (sizes differ by at most one,
-// larger first) and sets each digit's stride, capped at `limit` so that the
-// products never overflow (a digit past the vocabulary is always 0).
+// min(a * b, limit) for non-negative a, b, without overflow.
+MEMREC_HD int64_t SaturatingProduct(int64_t a, int64_t b, int64_t limit) {
+  if (a == 0 || b == 0) return 0;
+  return (a > limit / b) ? limit : (a * b < limit ? a * b : limit);
+}
+
+// The least r >= 1 with r^parts >= limit.
+MEMREC_HD int64_t LeastRoot(int64_t limit, int parts) {
+  auto power = [&](int64_t r) {
+    int64_t p = 1;
+    for (int i = 0; i < parts; ++i) p = SaturatingProduct(p, r, limit);
+    return p;
+  };
+  int64_t lo = 1, hi = limit;  // power(hi) >= limit
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (power(mid) >= limit) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// Splits `rows` rows into `parts` mixed-radix segments for indices below
+// `limit` and sets each digit's stride (capped at `limit`, so products
+// never overflow and a digit past the vocabulary is 0).
+//
+// When the rows can give every index its own combination of digits, the
+// later digits get the fewest rows that still do and the first digit all the
+// rest (as quotient-remainder does), so no row is left unused. Otherwise the
+// rows are split evenly (sizes differ by at most one, larger first).
 MEMREC_HD void SplitRadix(int64_t first_row, int64_t rows, int parts,
                           int64_t limit, int64_t* offset, int64_t* radix,
                           int64_t* stride) {
+  const int64_t root = LeastRoot(limit, parts);
+  if (parts > 1 && root <= rows / parts) {
+    for (int i = 1; i < parts; ++i) radix[i] = root;
+    radix[0] = rows - (parts - 1) * root;
+    for (int i = parts - 1; i >= 1; --i) {
+      int64_t others = 1;
+      for (int j = 0; j < parts; ++j) {
+        if (j != i) others = SaturatingProduct(others, radix[j], limit);
+      }
+      const int64_t need = (limit + others - 1) / others;
+      radix[0] += radix[i] - need;
+      radix[i] = need;
+    }
+  } else {
+    for (int i = 0; i < parts; ++i) {
+      radix[i] = rows / parts + (i < rows % parts ? 1 : 0);
+    }
+  }
   int64_t next = first_row;
   int64_t prefix = 1;
   for (int i = 0; i < parts; ++i) {
-    radix[i] = rows / parts + (i < rows % parts ? 1 : 0);
     offset[i] = next;
     next += radix[i];
     stride[i] = prefix;
-    // prefix = min(prefix * radix, limit) without overflowing.
-    prefix = (radix[i] > limit / prefix) ? limit : prefix * radix[i];
+    prefix = SaturatingProduct(prefix, radix[i], limit);
   }
 }
 
@@ -136,8 +178,10 @@ MEMREC_HD void SplitRadix(int64_t first_row, int64_t rows, int parts,
 // num_weight_rows >= num_weight_hashes.
 MEMREC_HD void FinishSignature(Signature* s) {
   if (s->vocab_size <= 0) return;
+  const int64_t tail = s->vocab_size - s->num_head;
   SplitRadix(s->num_head, s->num_token_rows - s->num_head, s->num_hashes,
-             s->vocab_size, s->token_offset, s->token_radix, s->token_stride);
+             tail > 1 ? tail : 1, s->token_offset, s->token_radix,
+             s->token_stride);
   if (s->num_weight_hashes > 0) {
     SplitRadix(0, s->num_weight_rows, s->num_weight_hashes, s->vocab_size,
                s->weight_offset, s->weight_radix, s->weight_stride);

@@ -36,18 +36,43 @@ def salt_key(seed, salt):
     return mix64((seed & _MASK64) + mix64(salt + SALT_STREAM))
 
 
-def split_radix(first_row, rows, parts, limit):
-    """Segments of `rows` rows for `parts` mixed-radix digits.
+def least_root(limit, parts):
+    """The least r >= 1 with r ** parts >= limit."""
+    lo, hi = 1, max(1, limit)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid ** parts >= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
-    Returns (offsets, radices, strides); strides are capped at `limit`
-    exactly as in memrec_math.h's SplitRadix.
+
+def split_radix(first_row, rows, parts, limit):
+    """Segments of `rows` rows for `parts` mixed-radix digits below `limit`.
+
+    Returns (offsets, radices, strides), exactly as memrec_math.h's
+    SplitRadix: when the rows allow unique digit combinations, the later
+    digits get the fewest rows that still do and the first all the rest;
+    otherwise an even split. Strides are capped at `limit`.
     """
-    offsets, radices, strides = [], [], []
+    root = least_root(limit, parts)
+    if parts > 1 and root <= rows // parts:
+        radices = [rows - (parts - 1) * root] + [root] * (parts - 1)
+        for i in range(parts - 1, 0, -1):
+            others = 1
+            for j in range(parts):
+                if j != i:
+                    others = min(others * radices[j], limit)
+            need = -(-limit // others)
+            radices[0] += radices[i] - need
+            radices[i] = need
+    else:
+        radices = [rows // parts + (1 if i < rows % parts else 0) for i in range(parts)]
+    offsets, strides = [], []
     nxt, prefix = first_row, 1
-    for i in range(parts):
-        radix = rows // parts + (1 if i < rows % parts else 0)
+    for radix in radices:
         offsets.append(nxt)
-        radices.append(radix)
         strides.append(prefix)
         nxt += radix
         prefix = min(prefix * radix, limit)
@@ -116,7 +141,7 @@ class Signature:
 
     def token_radix(self, num_token_rows):
         return split_radix(self.num_head, num_token_rows - self.num_head,
-                           self.num_hashes, self.vocab_size)
+                           self.num_hashes, max(1, self.vocab_size - self.num_head))
 
     def weight_radix(self, num_weight_rows):
         return split_radix(0, num_weight_rows, self.num_weight_hashes, self.vocab_size)
