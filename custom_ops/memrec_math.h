@@ -138,8 +138,9 @@ MEMREC_HD int64_t LeastRoot(int64_t limit, int parts) {
 //
 // When the rows can give every index its own combination of digits, the
 // later digits get the fewest rows that still do and the first digit all the
-// rest (as quotient-remainder does), so no row is left unused. Otherwise the
-// rows are split evenly (sizes differ by at most one, larger first).
+// rest (as quotient-remainder does), so few rows go unread (an even split
+// leaves most of the later segments unread). Otherwise the rows are split
+// evenly (sizes differ by at most one, larger first).
 MEMREC_HD void SplitRadix(int64_t first_row, int64_t rows, int parts,
                           int64_t limit, int64_t* offset, int64_t* radix,
                           int64_t* stride) {

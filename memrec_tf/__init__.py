@@ -10,6 +10,7 @@ from memrec_tf.layer import MemRecEmbedding
 from memrec_tf.memory import LayerMemory, format_report, memory_report
 from memrec_tf.ops import OpLibraryError
 from memrec_tf.signature import Signature
+from memrec_tf import export  # noqa: E402  memrec_tf.export.export / .load
 
 __version__ = "0.1.0"
 

@@ -116,7 +116,7 @@ def build_parser():
     p = sub.add_parser("evaluate", help="score a trained model")
     p.add_argument("--model-dir", required=True)
     _add_data_args(p, "--data")
-    p.add_argument("--batch-size", type=_positive(int), default=1024)
+    p.add_argument("--batch-size", type=_positive(int), help="default: the training run's")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("export", help="write a SavedModel for TensorFlow Serving")
@@ -236,6 +236,8 @@ def main(argv=None):
 
         return saved_model_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
+    import tensorflow as tf
+
     from memrec_tf import training
     from memrec_tf.data import MalformedLineError
 
@@ -248,6 +250,12 @@ def main(argv=None):
         return 2
     except (MalformedLineError, ValueError, OSError) as e:
         print(f"memrec: error: {e}", file=sys.stderr)
+        return 1
+    except tf.errors.OpError as e:
+        # A reader's error raised inside tf.data: keep its own first line.
+        lines = [line for line in e.message.splitlines() if line.strip()]
+        reason = next((line for line in lines if "malformed line" in line), lines[0] if lines else e)
+        print(f"memrec: error: {str(reason).strip()}", file=sys.stderr)
         return 1
     return 0
 

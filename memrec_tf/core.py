@@ -124,23 +124,24 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
         values = tf.reduce_sum(alpha[:, :, None] * rows, axis=1)
     else:
         values = alpha * tf.reduce_sum(rows, axis=1)
-    has_weights = weights is not None and weights.shape.rank == 1 and (
-        weights.shape[0] is None or weights.shape[0] > 0)
-    w = tf.stop_gradient(tf.cast(weights, compute)) if has_weights else None
-    if w is not None:
-        values = values * w[:, None]
+    # An empty weights vector means "all ones", decided at run time so that a
+    # weights tensor of unknown static length works too.
+    if weights is None:
+        w = tf.ones([n], compute)
+    else:
+        weights = tf.stop_gradient(tf.cast(weights, compute))
+        w = tf.cond(tf.size(weights) > 0, lambda: weights, lambda: tf.ones([n], compute))
+    values = values * w[:, None]
     if combiner == "none":
         return tf.cast(values, dtype)
     num_bags = tf.size(row_splits) - 1
     segments = tf.ragged.row_splits_to_segment_ids(row_splits)
     pooled = tf.math.unsorted_segment_sum(values, segments, num_bags)
     if combiner in ("mean", "sqrtn"):
-        per_id = w if w is not None else tf.ones([n], compute)
         if combiner == "mean":
-            denominator = tf.math.unsorted_segment_sum(per_id, segments, num_bags)
+            denominator = tf.math.unsorted_segment_sum(w, segments, num_bags)
         else:
-            denominator = tf.sqrt(tf.math.unsorted_segment_sum(
-                per_id * per_id, segments, num_bags))
+            denominator = tf.sqrt(tf.math.unsorted_segment_sum(w * w, segments, num_bags))
         pooled = pooled * tf.math.divide_no_nan(
             tf.ones_like(denominator), denominator)[:, None]
     return tf.cast(pooled, dtype)

@@ -4,6 +4,7 @@ The layer is written against `tf.keras`, resolved when this module is first
 imported: Keras 3 by default, tf-keras when TF_USE_LEGACY_KERAS=1 (which
 TensorFlow Recommenders needs). Set the variable before importing memrec_tf.
 """
+import dataclasses
 import warnings
 
 import tensorflow as tf
@@ -250,7 +251,7 @@ class MemRecEmbedding(keras.layers.Layer):
         if ids.shape.rank == 1:  # each id is a bag of one
             ids = ids[:, None]
         bag = tf.shape(ids, out_type=tf.int64)[-1]
-        num_bags = tf.size(flat, out_type=tf.int64) // tf.maximum(bag, 1)
+        num_bags = tf.reduce_prod(tf.shape(ids, out_type=tf.int64)[:-1])
         splits = tf.range(num_bags + 1, dtype=tf.int64) * bag
         out = self._lookup(flat, splits, flat_weights, self.combiner)
         return tf.reshape(out, tf.concat([tf.shape(ids)[:-1], [self.output_dim]], 0))
@@ -285,11 +286,13 @@ class MemRecEmbedding(keras.layers.Layer):
             raise ValueError("weights must be a tf.SparseTensor like the ids, got "
                              f"{type(weights).__name__}")
         ids = tf.sparse.reorder(inputs)
-        ragged = tf.RaggedTensor.from_sparse(ids)
-        w = None
-        if weights is not None:
-            w = tf.RaggedTensor.from_sparse(tf.sparse.reorder(weights)).values
-        return self._lookup(ids_to_int64(ragged.values), ragged.row_splits, w, self.combiner)
+        # Bag b holds the entries of row b, wherever their columns are.
+        num_bags = ids.dense_shape[0]
+        counts = tf.math.bincount(ids.indices[:, 0], minlength=num_bags, maxlength=num_bags,
+                                  dtype=tf.int64)
+        splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(counts)], 0)
+        w = None if weights is None else tf.sparse.reorder(weights).values
+        return self._lookup(ids_to_int64(ids.values), splits, w, self.combiner)
 
     # --------------------------------------------------------------- helpers
 
@@ -304,7 +307,11 @@ class MemRecEmbedding(keras.layers.Layer):
           (token rows int64 [N, num_hashes], weight rows int64 [N, num_weight_hashes]).
         """
         ids = ids_to_int64(tf.convert_to_tensor(ids))
-        return core.hash_rows(tf.reshape(ids, [-1]), self._signature(),
+        signature = self._signature()
+        if self.salt_columns and not self.built:
+            # The salts come from the feature axis, which build() records.
+            signature = dataclasses.replace(signature, num_salts=int(ids.shape[-1]))
+        return core.hash_rows(tf.reshape(ids, [-1]), signature,
                               self.num_token_rows, self.num_weight_rows)
 
     def compute_output_shape(self, input_shape):

@@ -238,16 +238,20 @@ def _read_stats(readers):
 
 def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
           compression=16.0, embedding_overrides=None, epochs=1, batch_size=1024,
-          learning_rate=1e-3, strategy="default", verbose=1, log=print):
+          learning_rate=1e-3, strategy="default", verbose=1, callbacks=()):
     """Trains a model and writes it, run.json and metrics.json into `output`.
 
     Interrupted training resumes from `output/backup` (Keras'
     BackupAndRestore) and reaches the weights of an uninterrupted run.
+    `callbacks` are added after the checkpointing one.
 
     Returns:
       The metrics dict (also written to `output/metrics.json`).
     """
     os.makedirs(output, exist_ok=True)
+    # Same seed, same initial weights: a resumed run and an uninterrupted one
+    # start alike.
+    keras.utils.set_random_seed(data_options.seed)
     strategy_obj = make_strategy(strategy)
     global_batch = batch_size * strategy_obj.num_replicas_in_sync
     source = make_source(data_options, global_batch)
@@ -264,9 +268,11 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         compile_model(model, learning_rate)
     report = models_lib.embedding_report(model)
     throughput = _Throughput(global_batch)
-    callbacks = [throughput, keras.callbacks.BackupAndRestore(os.path.join(output, "backup"))]
-    model.fit(source.train(global_batch), epochs=epochs, verbose=verbose, callbacks=callbacks,
-              shuffle=False)
+    all_callbacks = [throughput,
+                     keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
+                     *callbacks]
+    model.fit(source.train(global_batch), epochs=epochs, verbose=verbose,
+              callbacks=all_callbacks, shuffle=False)
     metrics = {"auc": None, "logloss": None}
     if source.eval is not None:
         metrics.update(_evaluate(model, source.eval(global_batch), verbose))
@@ -281,7 +287,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         with open(os.path.join(output, RUN_FILE), "w") as f:
             json.dump({"data": dataclasses.asdict(data_options), "model": model_kind,
                        "embedding": embedding, "embedding_dim": embedding_dim,
-                       "embedding_options": options, "spec": spec}, f, indent=2)
+                       "embedding_options": options, "spec": spec,
+                       "batch_size": global_batch}, f, indent=2)
         with open(os.path.join(output, METRICS_FILE), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
@@ -307,16 +314,18 @@ def load_model(model_dir):
     return keras.models.load_model(path)
 
 
-def evaluate(model_dir, data_options=None, batch_size=1024, verbose=1):
+def evaluate(model_dir, data_options=None, batch_size=None, verbose=1):
     """AUC, log loss and bytes of a saved model on `data_options.eval` data.
 
-    Without data options, the run's own evaluation data is used.
+    Without data options, the run's own evaluation data is used; without a
+    batch size, the run's (the synthetic generator's rows depend on it).
     """
     model = load_model(model_dir)
     with open(os.path.join(model_dir, RUN_FILE)) as f:
         run = json.load(f)
     options = data_options or DataOptions(**run["data"])
     options.cardinalities = run["spec"]["cardinalities"]
+    batch_size = batch_size or run.get("batch_size", 1024)
     source = make_source(options, batch_size)
     if source.eval is None:
         raise UsageError("--data FILE is required to evaluate on this format")
