@@ -108,6 +108,7 @@ def build_parser():
     p.add_argument("--batch-size", type=_positive(int), default=1024,
                    help="per replica")
     p.add_argument("--learning-rate", type=_positive(float), default=1e-3)
+    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam")
     p.add_argument("--strategy", choices=STRATEGIES, default="default",
                    help="mirrored: all local devices; multi-worker: workers from TF_CONFIG")
     p.add_argument("--output", default="runs/train", help="directory for the model and metrics")
@@ -180,7 +181,7 @@ def _cmd_train(args):
         _data_options(args), args.output, model_kind=args.model, embedding=args.embedding,
         embedding_dim=args.embedding_dim, compression=args.compression,
         embedding_overrides=overrides, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, strategy=args.strategy,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, strategy=args.strategy,
         verbose=0 if args.quiet else 1)
     _print_metrics(metrics)
     print(f"model and metrics written to {args.output}")

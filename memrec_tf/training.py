@@ -199,8 +199,15 @@ def embedding_options(method, embedding_dim, cardinalities, compression, overrid
     return options
 
 
-def compile_model(model, learning_rate):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+OPTIMIZERS = {"adam": lambda lr: keras.optimizers.Adam(lr),
+              "adagrad": lambda lr: keras.optimizers.Adagrad(lr),
+              "sgd": lambda lr: keras.optimizers.SGD(lr)}
+
+
+def compile_model(model, learning_rate, optimizer="adam"):
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate),
                   loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc", num_thresholds=4000),
                            keras.metrics.BinaryCrossentropy(name="logloss")])
@@ -238,7 +245,7 @@ def _read_stats(readers):
 
 def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
           compression=16.0, embedding_overrides=None, epochs=1, batch_size=1024,
-          learning_rate=1e-3, strategy="default", verbose=1, callbacks=()):
+          learning_rate=1e-3, optimizer="adam", strategy="default", verbose=1, callbacks=()):
     """Trains a model and writes it, run.json and metrics.json into `output`.
 
     Interrupted training resumes from `output/backup` (Keras'
@@ -265,17 +272,25 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         model = models_lib.build_model(model_kind, spec, embedding=embedding,
                                        embedding_options=options, embedding_dim=embedding_dim,
                                        seed=data_options.seed)
-        compile_model(model, learning_rate)
+        compile_model(model, learning_rate, optimizer)
     report = models_lib.embedding_report(model)
     throughput = _Throughput(global_batch)
-    all_callbacks = [throughput,
-                     keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
-                     *callbacks]
-    model.fit(source.train(global_batch), epochs=epochs, verbose=verbose,
-              callbacks=all_callbacks, shuffle=False)
+    backup_dir = os.path.join(output, "backup")
+    if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
+        start = time.perf_counter()
+        throughput.examples = _fit_multi_worker(model, strategy_obj, source.train(global_batch),
+                                                global_batch, epochs, backup_dir)
+        throughput.seconds = time.perf_counter() - start
+    else:
+        model.fit(source.train(global_batch), epochs=epochs, verbose=verbose, shuffle=False,
+                  callbacks=[throughput, keras.callbacks.BackupAndRestore(backup_dir),
+                             *callbacks])
     metrics = {"auc": None, "logloss": None}
     if source.eval is not None:
-        metrics.update(_evaluate(model, source.eval(global_batch), verbose))
+        if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
+            metrics.update(_evaluate_locally(model, source.eval(global_batch)))
+        else:
+            metrics.update(_evaluate(model, source.eval(global_batch), verbose))
     metrics.update(embedding_bytes=int(report.bytes), full_embedding_bytes=int(report.full_bytes),
                    compression=float(report.full_bytes / report.bytes),
                    examples_per_second=throughput.examples_per_second,
@@ -292,6 +307,65 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         with open(os.path.join(output, METRICS_FILE), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
+
+
+def _fit_multi_worker(model, strategy, dataset, global_batch, epochs, backup_dir):
+    """Data-parallel training with MultiWorkerMirroredStrategy.
+
+    Keras 3's `fit` cannot yet drive MultiWorkerMirroredStrategy (it reduces
+    dict batches and per-replica logs in ways the strategy rejects), so this
+    is the custom loop TensorFlow's distributed-training guide describes:
+    `strategy.run` of one step per global batch, gradients all-reduced by the
+    strategy (sparse ones included), the loss averaged over the global batch.
+    Progress is checkpointed every epoch and resumed from `backup_dir`.
+
+    Returns:
+      The number of examples trained on (whole global batches).
+    """
+    loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
+    optimizer = model.optimizer
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(checkpoint, backup_dir, max_to_keep=1)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            predictions = model(features, training=True)
+            per_example = loss_fn(labels, predictions)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def step(features, labels):
+        losses = strategy.run(replica_step, args=(features, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    examples = 0
+    while int(epoch.numpy()) < epochs:
+        for features, labels in distributed:
+            step(features, labels)
+            examples += global_batch
+        epoch.assign_add(1)
+        manager.save()
+    return examples
+
+
+def _evaluate_locally(model, dataset):
+    """AUC and log loss of every eval batch on this worker (no all-reduce)."""
+    auc = keras.metrics.AUC(num_thresholds=4000)
+    logloss = keras.metrics.BinaryCrossentropy()
+    for features, labels in dataset:
+        predictions = model(features, training=False)
+        auc.update_state(labels, predictions)
+        logloss.update_state(labels, predictions)
+    return {"auc": float(auc.result()), "logloss": float(logloss.result())}
 
 
 def _is_chief():
