@@ -348,6 +348,22 @@ inline void PrefetchRow(const T* row, int64_t dim) {
   }
 }
 
+// Eight independent partial sums: a single running sum is a chain of
+// dependent adds the compiler may not reorder (and so cannot vectorise).
+template <typename T, typename Acc>
+inline Acc Dot(const T* a, const T* b, int64_t dim) {
+  Acc part[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= dim; c += 8) {
+    for (int l = 0; l < 8; ++l) {
+      part[l] += static_cast<Acc>(a[c + l]) * static_cast<Acc>(b[c + l]);
+    }
+  }
+  for (; c < dim; ++c) part[0] += static_cast<Acc>(a[c]) * static_cast<Acc>(b[c]);
+  return ((part[0] + part[1]) + (part[2] + part[3])) +
+         ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 template <typename T, typename Acc>
 inline void AddScaledRow(Acc* acc, const T* row, Acc f, int64_t dim) {
   for (int64_t c = 0; c < dim; ++c) acc[c] += f * static_cast<Acc>(row[c]);
@@ -485,32 +501,45 @@ struct LookupGradFunctor<CPUDevice, T> {
     std::vector<int64_t> token_rows(n_ids * k), weight_rows(n_ids * kw);
     std::vector<int64_t> out_row(n_ids);
     std::vector<Acc> slot_factor(n_ids * k), dots(kw > 0 ? n_ids * width : 0);
+    // Output rows [begin, end) own the contiguous ids [lo(begin), hi(end-1)),
+    // hashed a block ahead so that the token rows the dot products read are
+    // prefetched (see the forward functor).
     auto per_id = [&](int64_t begin, int64_t end) {
       Acc alpha[kMaxHashes];
-      for (int64_t r = begin; r < end; ++r) {
-        int64_t lo, hi;
-        RowBounds(a, r, &lo, &hi);
-        const Acc scale = BagScaleOf<T, Acc>(a, lo, hi);
-        const T* g = grad + r * d;
-        for (int64_t n = lo; n < hi; ++n) {
-          const int64_t id = a.ids[n];
-          const uint64_t key = salts.Key(id, n);
-          int64_t* rows = &token_rows[n * k];
-          TokenRows(s, id, key, rows);
-          WeightRows(s, id, key, &weight_rows[n * kw]);
+      int64_t id_lo, id_hi, lo, bag_end;
+      RowBounds(a, begin, &id_lo, &bag_end);
+      RowBounds(a, end - 1, &lo, &id_hi);
+      int64_t r = begin;
+      Acc scale = BagScaleOf<T, Acc>(a, id_lo, bag_end);
+      auto block_size = [&](int64_t n0) {
+        return static_cast<int>(std::min<int64_t>(kBlock, id_hi - n0));
+      };
+      if (id_lo < id_hi) {
+        HashBlock(a, salts, id_lo, block_size(id_lo), &token_rows[id_lo * k],
+                  &weight_rows[id_lo * kw]);
+      }
+      for (int64_t n0 = id_lo; n0 < id_hi; n0 += kBlock) {
+        if (n0 + kBlock < id_hi) {
+          HashBlock(a, salts, n0 + kBlock, block_size(n0 + kBlock),
+                    &token_rows[(n0 + kBlock) * k], &weight_rows[(n0 + kBlock) * kw]);
+        }
+        for (int64_t n = n0; n < n0 + block_size(n0); ++n) {
+          while (n >= bag_end) {
+            ++r;
+            RowBounds(a, r, &lo, &bag_end);
+            scale = BagScaleOf<T, Acc>(a, lo, bag_end);
+          }
+          const int64_t* rows = &token_rows[n * k];
           Alpha(s, a.weight_table, width, &weight_rows[n * kw], alpha);
           const Acc coef =
               scale * (a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1));
           out_row[n] = r;
+          const T* g = grad + r * d;
           Acc total = Acc(0);
           for (int i = 0; i < k; ++i) {
             slot_factor[n * k + i] = coef * alpha[a.per_hash ? i : 0];
             if (kw == 0) continue;
-            const T* row = a.token_table + rows[i] * d;
-            Acc dot = Acc(0);
-            for (int64_t c = 0; c < d; ++c) {
-              dot += static_cast<Acc>(g[c]) * static_cast<Acc>(row[c]);
-            }
+            const Acc dot = Dot<T, Acc>(g, a.token_table + rows[i] * d, d);
             if (a.per_hash) dots[n * width + i] = coef * dot;
             total += dot;
           }
@@ -572,7 +601,12 @@ struct LookupGradFunctor<CPUDevice, T> {
     // table (memory proportional to the slots). Each part owns a range of
     // rows and visits the slots in order, so sums are race-free and
     // deterministic (ascending slot order within a row).
-    std::unique_ptr<Acc[]> scratch(new Acc[m * d]);
+    // From TensorFlow's allocator, which reuses the pages of earlier calls
+    // (a fresh heap block of this size is page-faulted in on every call).
+    Tensor scratch_tensor;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        ::tensorflow::DataTypeToEnum<Acc>::value, TensorShape({m * d}), &scratch_tensor));
+    Acc* scratch_data = scratch_tensor.flat<Acc>().data();
     std::vector<char> touched(m, 0);
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int64_t parts = std::max(1, workers->NumThreads());
@@ -583,7 +617,7 @@ struct LookupGradFunctor<CPUDevice, T> {
           const int64_t row = token_rows[e];
           if (row < lo || row >= hi) continue;
           const T* g = grad + out_row[e / k] * d;
-          Acc* acc = scratch.get() + row * d;
+          Acc* acc = scratch_data + row * d;
           const Acc f = slot_factor[e];
           if (!touched[row]) {
             touched[row] = 1;
@@ -606,7 +640,7 @@ struct LookupGradFunctor<CPUDevice, T> {
     T* values = values_out->flat<T>().data();
     auto copy = [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
-        const Acc* acc = scratch.get() + distinct[g] * d;
+        const Acc* acc = scratch_data + distinct[g] * d;
         for (int64_t c = 0; c < d; ++c) values[g * d + c] = static_cast<T>(acc[c]);
       }
     };
@@ -631,15 +665,20 @@ struct LookupGradFunctor<CPUDevice, T> {
     std::copy(groups.rows.begin(), groups.rows.end(),
               rows_out->flat<int64_t>().data());
     T* values = values_out->flat<T>().data();
-    for (int64_t g = 0; g < u; ++g) {
-      for (int c = 0; c < width; ++c) {
-        Acc sum = Acc(0);
-        for (int64_t e = groups.starts[g]; e < groups.starts[g + 1]; ++e) {
-          sum += dots[(groups.order[e] / kw) * width + c];
+    auto work = [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        for (int c = 0; c < width; ++c) {
+          Acc sum = Acc(0);
+          for (int64_t e = groups.starts[g]; e < groups.starts[g + 1]; ++e) {
+            sum += dots[(groups.order[e] / kw) * width + c];
+          }
+          values[g * width + c] = static_cast<T>(sum);
         }
-        values[g * width + c] = static_cast<T>(sum);
       }
-    }
+    };
+    const int64_t entries = static_cast<int64_t>(weight_rows.size());
+    ParallelFor(ctx, u, std::max<int64_t>(1, entries / std::max<int64_t>(1, u)) * width * 4,
+                work);
     return ::tensorflow::OkStatus();
   }
 };
