@@ -53,7 +53,9 @@ def _run(cmd, log_path):
 
 
 def _nvcc():
-    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    # MEMREC_NVCC picks another toolkit (e.g. a CUDA 12 nvcc to match
+    # TensorFlow's CUDA 12.5 runtime).
+    nvcc = os.environ.get("MEMREC_NVCC") or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     if not os.path.exists(nvcc):
         raise RuntimeError("MEMREC_CUDA=1 but nvcc was not found on PATH")
     return nvcc
@@ -73,7 +75,8 @@ def compile_cuda_object(obj, compile_flags, log_path):
     gencode += ["-gencode", f"arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
     cmd = [_nvcc(), "-std=c++17", "-c", "-x", "cu", "-O3", "-DGOOGLE_CUDA=1",
            "-DNDEBUG", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-           "-diag-suppress=20012,20014,20015,611,997", *gencode,
+           "-diag-suppress=20012,20014,20015,611,997", "--threads", "0",
+           *[f"-Xcompiler={flag}" for flag in QUIET], *gencode,
            *compile_flags, os.path.join(HERE, GPU_SOURCES[0]), "-o", obj]
     _run(cmd, log_path)
 
@@ -123,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--sanitize", action="store_true")
     parser.add_argument("--cuda-object-only", action="store_true",
                         help="only compile the CUDA sources to OUTPUT (no GPU needed)")
+    parser.add_argument("--build-dir", default=None,
+                        help="objects and compile.log (default: build/ops)")
     args = parser.parse_args(argv)
     if args.cuda_object_only:
         compile_flags, _, _ = _tf_flags()
@@ -131,7 +136,8 @@ def main(argv=None):
         compile_cuda_object(args.output, compile_flags,
                             os.path.join(build_dir, "nvcc.log"))
     else:
-        print(build_library(args.output, cuda=args.cuda, sanitize=args.sanitize))
+        print(build_library(args.output, cuda=args.cuda, sanitize=args.sanitize,
+                            build_dir=args.build_dir))
 
 
 if __name__ == "__main__":
