@@ -12,6 +12,10 @@ Two independent pieces:
 """
 import numpy as np
 
+# The radix layout is plain integer arithmetic shared with the core path; the
+# hash below is this file's own, to check the op against.
+from memrec_tf.signature import split_radix
+
 MASK64 = (1 << 64) - 1
 
 # The constants of memrec_math.h, copied here on purpose (not imported from
@@ -68,52 +72,6 @@ def hash_row(keys, stream, j, rows):
         if rows < 1 << 32:
             return (((h >> np.uint64(32)) * np.uint64(rows)) >> np.uint64(32)).astype(np.int64)
     return ((h >> np.uint64(1)) % np.uint64(rows)).astype(np.int64)
-
-
-def _saturating_product(a, b, limit):
-    return 0 if a == 0 or b == 0 else min(a * b, limit)
-
-
-def _least_root(limit, parts):
-    """The least r >= 1 with r ** parts >= limit (LeastRoot)."""
-    lo, hi = 1, max(1, limit)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if mid ** parts >= limit:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def split_radix(first_row, rows, parts, limit):
-    """SplitRadix of memrec_math.h: (offsets, radices, strides).
-
-    When the rows can give every index below `limit` its own digits, the
-    later digits get the fewest rows that still do and the first digit the
-    rest; otherwise an even split (larger first). Strides saturate at `limit`.
-    """
-    root = _least_root(limit, parts)
-    if parts > 1 and root <= rows // parts:
-        radices = [rows - (parts - 1) * root] + [root] * (parts - 1)
-        for i in range(parts - 1, 0, -1):
-            others = 1
-            for j in range(parts):
-                if j != i:
-                    others = _saturating_product(others, radices[j], limit)
-            need = -(-limit // others)
-            radices[0] += radices[i] - need
-            radices[i] = need
-    else:
-        radices = [rows // parts + (1 if i < rows % parts else 0) for i in range(parts)]
-    offsets, strides = [], []
-    nxt, prefix = first_row, 1
-    for radix in radices:
-        offsets.append(nxt)
-        strides.append(prefix)
-        nxt += radix
-        prefix = _saturating_product(prefix, radix, limit)
-    return offsets, radices, strides
 
 
 def _radix_rows(index, radix):

@@ -82,51 +82,20 @@ def salt_key(seed, salt):
     return mix64_int((seed & MASK64) + mix64_int((salt + SALT_STREAM) & MASK64))
 
 
-def saturating_product(a, b, limit):
-    """SaturatingProduct of memrec_math.h: min(a * b, limit), a, b >= 0."""
-    if a == 0 or b == 0:
-        return 0
-    return limit if a > limit // b else min(a * b, limit)
+def _load_signature_module():
+    """memrec_tf/signature.py by path: pure Python, no TensorFlow needed."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "memrec_tf", "signature.py")
+    spec = importlib.util.spec_from_file_location("memrec_signature", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def least_root(limit, parts):
-    """LeastRoot of memrec_math.h: the least r >= 1 with r ** parts >= limit."""
-    lo, hi = 1, limit
-    while lo < hi:
-        mid = lo + (hi - lo) // 2
-        power = 1
-        for _ in range(parts):
-            power = saturating_product(power, mid, limit)
-        if power >= limit:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def split_radix(first_row, rows, parts, limit):
-    """SplitRadix of memrec_math.h: (offsets, radices, strides)."""
-    root = least_root(limit, parts)
-    if parts > 1 and root <= rows // parts:
-        radices = [rows - (parts - 1) * root] + [root] * (parts - 1)
-        for i in range(parts - 1, 0, -1):
-            others = 1
-            for j in range(parts):
-                if j != i:
-                    others = saturating_product(others, radices[j], limit)
-            need = (limit + others - 1) // others
-            radices[0] += radices[i] - need
-            radices[i] = need
-    else:
-        radices = [rows // parts + (1 if i < rows % parts else 0) for i in range(parts)]
-    offsets, strides = [], []
-    nxt, prefix = first_row, 1
-    for radix in radices:
-        offsets.append(nxt)
-        strides.append(prefix)
-        nxt += radix
-        prefix = saturating_product(prefix, radix, limit)
-    return offsets, radices, strides
+# SplitRadix of memrec_math.h: (offsets, radices, strides).
+split_radix = _load_signature_module().split_radix
 
 
 # memrec::Signature, field by field (naturally aligned, no padding: 824 bytes).
