@@ -98,7 +98,9 @@ struct SignatureAttrs {
       if (token_rows - num_head < num_hashes) {
         return errors::InvalidArgument(
             "token_table has ", token_rows, " rows but a vocabulary signature "
-            "needs at least num_head + num_hashes = ", num_head + num_hashes);
+            "needs at least num_head + num_hashes = ",
+            // In uint64: num_head may be as large as int64's maximum.
+            static_cast<uint64_t>(num_head) + static_cast<uint64_t>(num_hashes));
       }
       if (weight_rows < num_weight_hashes) {
         return errors::InvalidArgument(

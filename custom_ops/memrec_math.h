@@ -153,7 +153,9 @@ MEMREC_HD void SplitRadix(int64_t first_row, int64_t rows, int parts,
       for (int j = 0; j < parts; ++j) {
         if (j != i) others = SaturatingProduct(others, radix[j], limit);
       }
-      const int64_t need = (limit + others - 1) / others;
+      // ceil(limit / others) without forming limit + others - 1, which
+      // overflows int64 once limit (a vocabulary size) reaches 2^62.
+      const int64_t need = limit / others + (limit % others != 0 ? 1 : 0);
       radix[0] += radix[i] - need;
       radix[i] = need;
     }

@@ -48,21 +48,64 @@ def build_info(path=None):
         match = _TAG.search(f.read())
     if not match:
         return None
-    return dict(item.split("=", 1) for item in match.group(1).decode().split(";"))
+    # A damaged tag reads as missing fields, not as an exception.
+    items = match.group(1).decode("ascii", "replace").split(";")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def _truncation(path):
+    """Why the ELF file at `path` is cut short, or None.
+
+    dlopen maps every PT_LOAD segment without checking it against the file
+    size, so a truncated library (an interrupted copy) dies with SIGBUS
+    instead of failing to load. Only 64-bit little-endian ELF is checked;
+    anything else is left to dlopen, which rejects it cleanly.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[:6] != b"\x7fELF\x02\x01":
+            return None
+        phoff = int.from_bytes(header[0x20:0x28], "little")
+        phentsize = int.from_bytes(header[0x36:0x38], "little")
+        phnum = int.from_bytes(header[0x38:0x3A], "little")
+        if phoff + phentsize * phnum > size:
+            return f"its program headers end past its {size} bytes"
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    for i in range(phnum):
+        entry = table[i * phentsize:(i + 1) * phentsize]
+        if int.from_bytes(entry[0:4], "little") != 1:  # PT_LOAD
+            continue
+        end = int.from_bytes(entry[8:16], "little") + int.from_bytes(entry[32:40], "little")
+        if end > size:
+            return f"a segment ends at byte {end} but the file has {size} bytes"
+    return None
 
 
 def _load():
     path = library_path()
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
+        what = "is not a file" if os.path.exists(path) else "is missing"
         raise OpLibraryError(
-            f"the memrec_tf op library is missing: expected {path}. Build it with "
+            f"the memrec_tf op library {what}: expected {path}. Build it with "
             f"TensorFlow {tf.__version__} installed: {REBUILD_COMMAND}")
-    info = build_info(path) or {}
+    try:
+        info = build_info(path) or {}
+        truncated = _truncation(path)
+    except OSError as e:
+        raise OpLibraryError(
+            f"the memrec_tf op library {path} cannot be read: {e}. Rebuild it: "
+            f"{REBUILD_COMMAND}") from e
     built_for = info.get("tensorflow", "unknown")
     if built_for != tf.__version__:
         raise OpLibraryError(
             f"the memrec_tf op library {path} was built for TensorFlow {built_for} "
             f"but TensorFlow {tf.__version__} is running. Rebuild it: {REBUILD_COMMAND}")
+    if truncated:
+        raise OpLibraryError(
+            f"the memrec_tf op library {path} is truncated ({truncated}). Rebuild it: "
+            f"{REBUILD_COMMAND}")
     try:
         return tf.load_op_library(path)
     except (tf.errors.NotFoundError, OSError) as e:
