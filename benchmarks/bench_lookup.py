@@ -11,7 +11,6 @@ The full table is float32 [full_rows, d]: 40M x 64 is 10.24 GB of memory.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -19,19 +18,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cpu_name  # noqa: E402
+
 from memrec_tf import core, ops
 from memrec_tf.signature import Signature
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _time(fn, repeats):
@@ -54,8 +45,16 @@ def build_cases(args):
     weight = tf.Variable(tf.ones([args.m, 1]), name="weight")
     no_splits = tf.zeros([0], tf.int64)
     no_weights = tf.zeros([0], tf.float32)
-    # tf.zeros is written page by page, so the full table is really resident.
     full = tf.Variable(tf.zeros([args.full_rows, args.dim]), name="full")
+    # Filled with random values a slice at a time: a table of zeros may sit
+    # on the kernel's shared zero page, and its "random" reads would all hit
+    # one cached page.
+    chunk = 1 << 20
+    for start in range(0, args.full_rows, chunk):
+        rows = min(chunk, args.full_rows - start)
+        full.scatter_update(tf.IndexedSlices(
+            tf.random.uniform([rows, args.dim], -0.05, 0.05),
+            tf.range(start, start + rows, dtype=tf.int64)))
 
     def memrec(path):
         fn = ops.lookup if path == "fused" else core.lookup
@@ -116,7 +115,7 @@ def main(argv=None):
 
     print(f"# bench_lookup: {args.batch} x {args.features} ids, d={args.dim}, k={args.k}, "
           f"m={args.m}, full table {args.full_rows:,} x {args.dim} float32")
-    print(f"# {_cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; "
+    print(f"# {cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; "
           f"median of {args.rounds} rounds x {args.repeats}")
     print(f"| {'variant':<28} | {'median ms':>10} | {'min ms':>8} | {'max ms':>8} |")
     print(f"|{'-' * 30}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
@@ -139,7 +138,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "median_ms": median, "ratios": ratios,
-                       "cpu": _cpu_name(), "cores": os.cpu_count(),
+                       "cpu": cpu_name(), "cores": os.cpu_count(),
                        "tensorflow": tf.__version__}, f, indent=2)
 
 
