@@ -51,6 +51,7 @@ import tempfile
 import tensorflow as tf
 
 from memrec_tf import ops
+from memrec_tf.layer import memrec_layers
 
 MODES = ("core", "fused")
 SIGNATURE_KEY = "serving_default"
@@ -106,15 +107,6 @@ def read_export_info(path):
 
 
 # ------------------------------------------------------------------- export
-
-
-def _memrec_layers(model):
-    from memrec_tf.layer import MemRecEmbedding
-
-    # pylint: disable-next=protected-access
-    every = model._flatten_layers(include_self=True, recursive=True)
-    layers = [layer for layer in every if isinstance(layer, MemRecEmbedding)]
-    return list({id(layer): layer for layer in layers}.values())
 
 
 def _is_keras3(model):
@@ -207,7 +199,7 @@ def _check_built(model):
             f"cannot export model {getattr(model, 'name', model)!r}: it has not been "
             "built. Call it on a batch of inputs (or build it from keras.Input) before "
             "exporting.")
-    for layer in _memrec_layers(model):
+    for layer in memrec_layers(model):
         if not layer.built:
             raise ValueError(
                 f"cannot export model {model.name!r}: its MemRecEmbedding layer "
@@ -382,7 +374,7 @@ def export(model, path, mode="core", overwrite=False, signature=None):
             f"{target} already exists; pass overwrite=True to replace it")
     if mode == "fused":
         ops.load_library()  # raises OpLibraryError naming the fix
-    layers = _memrec_layers(model)
+    layers = memrec_layers(model)
     specs = _input_specs(model, signature)
 
     parent = os.path.dirname(target)

@@ -337,3 +337,11 @@ class MemRecEmbedding(keras.layers.Layer):
             salt_columns=self.salt_columns, vocabulary_size=self.vocabulary_size,
             num_head_rows=self.num_head_rows)
         return config
+
+
+def memrec_layers(model):
+    """The distinct MemRecEmbedding layers of a model (or the layer itself), in order."""
+    # pylint: disable-next=protected-access
+    every = model._flatten_layers(include_self=True, recursive=True)
+    layers = [layer for layer in every if isinstance(layer, MemRecEmbedding)]
+    return list({id(layer): layer for layer in layers}.values())

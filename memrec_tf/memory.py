@@ -23,18 +23,6 @@ class LayerMemory:
         return self.full_table_bytes / self.bytes if self.bytes else float("inf")
 
 
-def _memrec_layers(model):
-    from memrec_tf.layer import MemRecEmbedding
-
-    found = []
-    for layer in getattr(model, "_flatten_layers", lambda: [])():
-        if isinstance(layer, MemRecEmbedding):
-            found.append(layer)
-    if isinstance(model, MemRecEmbedding) and model not in found:
-        found.append(model)
-    return found
-
-
 def memory_report(model, vocab_sizes=None):
     """Lists each MemRecEmbedding's bytes against the full table it replaces.
 
@@ -51,7 +39,9 @@ def memory_report(model, vocab_sizes=None):
     """
     vocab_sizes = dict(vocab_sizes or {})
     rows = []
-    for layer in _memrec_layers(model):
+    from memrec_tf.layer import memrec_layers
+
+    for layer in memrec_layers(model):
         itemsize = tf.as_dtype(layer.variable_dtype or "float32").size
         width = layer.num_hashes if layer.weight_mode == "per_hash" else 1
         vocab = vocab_sizes.get(layer.name, layer.vocabulary_size)
