@@ -5,6 +5,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #define EIGEN_USE_THREADS
@@ -317,9 +318,13 @@ void GroupByRow(const std::vector<int64_t>& entry_rows, int64_t table_rows,
 
 namespace {
 
-// Ids are hashed a block at a time and their token rows prefetched before
-// any is read, so that the random row reads overlap instead of queueing.
-constexpr int kBlock = 16;
+// The rows of the id kAhead positions ahead are hashed and prefetched while
+// the current id is summed: a steady stream of a few outstanding row reads.
+// (Prefetching a block of ids at once issued more reads than the core can
+// keep in flight, and it stalled on them.)
+constexpr int kAhead = 8;
+constexpr int kRing = 16;  // a power of two above kAhead
+static_assert(kRing > kAhead && (kRing & (kRing - 1)) == 0, "ring size");
 
 // SaltKey of every salt, computed once per call (it does not depend on the
 // id); very wide inputs compute it per id instead.
@@ -371,25 +376,21 @@ inline void AddScaledRow(Acc* acc, const T* row, Acc f, int64_t dim) {
   for (int64_t c = 0; c < dim; ++c) acc[c] += f * static_cast<Acc>(row[c]);
 }
 
-// Token and weight rows of ids [n0, n0 + count), with both prefetched: the
-// rows of one block are fetched while the previous block is summed.
+// Token and weight rows of id n, both prefetched.
 template <typename T>
-void HashBlock(const LookupArgs<T>& a, const SaltKeys& salts, int64_t n0,
-               int count, int64_t* token_rows, int64_t* weight_rows) {
+inline void HashAndPrefetch(const LookupArgs<T>& a, const SaltKeys& salts,
+                            int64_t n, int64_t* token_rows,
+                            int64_t* weight_rows) {
   const Signature& s = a.signature;
-  const int k = s.num_hashes, kw = s.num_weight_hashes;
-  for (int j = 0; j < count; ++j) {
-    const int64_t n = n0 + j;
-    const int64_t id = a.ids[n];
-    const uint64_t key = salts.Key(id, n);
-    TokenRows(s, id, key, token_rows + j * k);
-    WeightRows(s, id, key, weight_rows + j * kw);
-    for (int i = 0; i < k; ++i) {
-      PrefetchRow(a.token_table + token_rows[j * k + i] * a.dim, a.dim);
-    }
-    for (int i = 0; i < kw; ++i) {
-      __builtin_prefetch(a.weight_table + weight_rows[j * kw + i] * a.weight_width);
-    }
+  const int64_t id = a.ids[n];
+  const uint64_t key = salts.Key(id, n);
+  TokenRows(s, id, key, token_rows);
+  WeightRows(s, id, key, weight_rows);
+  for (int i = 0; i < s.num_hashes; ++i) {
+    PrefetchRow(a.token_table + token_rows[i] * a.dim, a.dim);
+  }
+  for (int i = 0; i < s.num_weight_hashes; ++i) {
+    __builtin_prefetch(a.weight_table + weight_rows[i] * a.weight_width);
   }
 }
 
@@ -437,8 +438,8 @@ struct LookupFunctor<CPUDevice, T> {
     // Output rows [begin, end) read the contiguous ids [lo(begin), hi(end-1)).
     auto work = [&](int64_t begin, int64_t end) {
       std::vector<Acc> acc(d, Acc(0));
-      int64_t token_rows[2][kBlock * kMaxHashes];
-      int64_t weight_rows[2][kBlock * kMaxHashes];
+      int64_t token_rows[kRing][kMaxHashes];
+      int64_t weight_rows[kRing][kMaxHashes];
       Acc alpha[kMaxHashes];
       int64_t id_lo, id_hi, unused, bag_end;
       RowBounds(a, begin, &id_lo, &unused);
@@ -451,27 +452,20 @@ struct LookupFunctor<CPUDevice, T> {
         StoreRow<T, Acc>(output + r * d, acc.data(), BagScaleOf<T, Acc>(a, lo, hi), d);
         if (++r < end) RowBounds(a, r, &unused, &bag_end);
       };
-      auto block_size = [&](int64_t n0) {
-        return static_cast<int>(std::min<int64_t>(kBlock, id_hi - n0));
+      auto fetch = [&](int64_t n) {
+        HashAndPrefetch(a, salts, n, token_rows[n & (kRing - 1)],
+                        weight_rows[n & (kRing - 1)]);
       };
-      if (id_lo < id_hi) {
-        HashBlock(a, salts, id_lo, block_size(id_lo), token_rows[0], weight_rows[0]);
-      }
-      for (int64_t n0 = id_lo, b = 0; n0 < id_hi; n0 += kBlock, b ^= 1) {
-        if (n0 + kBlock < id_hi) {
-          HashBlock(a, salts, n0 + kBlock, block_size(n0 + kBlock),
-                    token_rows[b ^ 1], weight_rows[b ^ 1]);
-        }
-        const int count = block_size(n0);
-        for (int j = 0; j < count; ++j) {
-          const int64_t n = n0 + j;
-          while (n >= bag_end) flush();
-          Alpha(s, a.weight_table, a.weight_width, &weight_rows[b][j * kw], alpha);
-          const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
-          for (int i = 0; i < k; ++i) {
-            AddScaledRow(acc.data(), a.token_table + token_rows[b][j * k + i] * d,
-                         w * alpha[a.per_hash ? i : 0], d);
-          }
+      for (int64_t n = id_lo; n < std::min(id_hi, id_lo + kAhead); ++n) fetch(n);
+      for (int64_t n = id_lo; n < id_hi; ++n) {
+        if (n + kAhead < id_hi) fetch(n + kAhead);
+        while (n >= bag_end) flush();
+        const int64_t* rows = token_rows[n & (kRing - 1)];
+        Alpha(s, a.weight_table, a.weight_width, weight_rows[n & (kRing - 1)], alpha);
+        const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
+        for (int i = 0; i < k; ++i) {
+          AddScaledRow(acc.data(), a.token_table + rows[i] * d,
+                       w * alpha[a.per_hash ? i : 0], d);
         }
       }
       while (r < end) flush();  // the last bag, and trailing empty bags
@@ -504,8 +498,8 @@ struct LookupGradFunctor<CPUDevice, T> {
     std::vector<int64_t> out_row(n_ids);
     std::vector<Acc> slot_factor(n_ids * k), dots(kw > 0 ? n_ids * width : 0);
     // Output rows [begin, end) own the contiguous ids [lo(begin), hi(end-1)),
-    // hashed a block ahead so that the token rows the dot products read are
-    // prefetched (see the forward functor).
+    // hashed kAhead ids ahead so that the token rows the dot products read
+    // are prefetched (see the forward functor).
     auto per_id = [&](int64_t begin, int64_t end) {
       Acc alpha[kMaxHashes];
       int64_t id_lo, id_hi, lo, bag_end;
@@ -513,40 +507,32 @@ struct LookupGradFunctor<CPUDevice, T> {
       RowBounds(a, end - 1, &lo, &id_hi);
       int64_t r = begin;
       Acc scale = BagScaleOf<T, Acc>(a, id_lo, bag_end);
-      auto block_size = [&](int64_t n0) {
-        return static_cast<int>(std::min<int64_t>(kBlock, id_hi - n0));
+      auto fetch = [&](int64_t n) {
+        HashAndPrefetch(a, salts, n, &token_rows[n * k], &weight_rows[n * kw]);
       };
-      if (id_lo < id_hi) {
-        HashBlock(a, salts, id_lo, block_size(id_lo), &token_rows[id_lo * k],
-                  &weight_rows[id_lo * kw]);
-      }
-      for (int64_t n0 = id_lo; n0 < id_hi; n0 += kBlock) {
-        if (n0 + kBlock < id_hi) {
-          HashBlock(a, salts, n0 + kBlock, block_size(n0 + kBlock),
-                    &token_rows[(n0 + kBlock) * k], &weight_rows[(n0 + kBlock) * kw]);
+      for (int64_t n = id_lo; n < std::min(id_hi, id_lo + kAhead); ++n) fetch(n);
+      for (int64_t n = id_lo; n < id_hi; ++n) {
+        if (n + kAhead < id_hi) fetch(n + kAhead);
+        while (n >= bag_end) {
+          ++r;
+          RowBounds(a, r, &lo, &bag_end);
+          scale = BagScaleOf<T, Acc>(a, lo, bag_end);
         }
-        for (int64_t n = n0; n < n0 + block_size(n0); ++n) {
-          while (n >= bag_end) {
-            ++r;
-            RowBounds(a, r, &lo, &bag_end);
-            scale = BagScaleOf<T, Acc>(a, lo, bag_end);
-          }
-          const int64_t* rows = &token_rows[n * k];
-          Alpha(s, a.weight_table, width, &weight_rows[n * kw], alpha);
-          const Acc coef =
-              scale * (a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1));
-          out_row[n] = r;
-          const T* g = grad + r * d;
-          Acc total = Acc(0);
-          for (int i = 0; i < k; ++i) {
-            slot_factor[n * k + i] = coef * alpha[a.per_hash ? i : 0];
-            if (kw == 0) continue;
-            const Acc dot = Dot<T, Acc>(g, a.token_table + rows[i] * d, d);
-            if (a.per_hash) dots[n * width + i] = coef * dot;
-            total += dot;
-          }
-          if (kw > 0 && !a.per_hash) dots[n] = coef * total;
+        const int64_t* rows = &token_rows[n * k];
+        Alpha(s, a.weight_table, width, &weight_rows[n * kw], alpha);
+        const Acc coef =
+            scale * (a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1));
+        out_row[n] = r;
+        const T* g = grad + r * d;
+        Acc total = Acc(0);
+        for (int i = 0; i < k; ++i) {
+          slot_factor[n * k + i] = coef * alpha[a.per_hash ? i : 0];
+          if (kw == 0) continue;
+          const Acc dot = Dot<T, Acc>(g, a.token_table + rows[i] * d, d);
+          if (a.per_hash) dots[n * width + i] = coef * dot;
+          total += dot;
         }
+        if (kw > 0 && !a.per_hash) dots[n] = coef * total;
       }
     };
     const int64_t ids_per_row =
@@ -599,30 +585,54 @@ struct LookupGradFunctor<CPUDevice, T> {
                               (2 * d + 20), work);
       return ::tensorflow::OkStatus();
     }
-    // The table is not much larger than the slots: scatter into a scratch
-    // table (memory proportional to the slots). Each part owns a range of
-    // rows and visits the slots in order, so sums are race-free and
-    // deterministic (ascending slot order within a row).
-    // From TensorFlow's allocator, which reuses the pages of earlier calls
-    // (a fresh heap block of this size is page-faulted in on every call).
+    // The table is not much larger than the slots: find the distinct rows
+    // with a table-sized index (memory proportional to the slots), then
+    // scatter each slot's contribution straight into its row's place in the
+    // output. Each part owns a range of rows and visits the slots in order,
+    // so sums are race-free and deterministic (ascending slot order within
+    // a row).
+    std::vector<int64_t> position(m, -1);
+    for (int64_t e = 0; e < slots; ++e) position[token_rows[e]] = 0;
+    int64_t u = 0;
+    for (int64_t r = 0; r < m; ++r) {
+      if (position[r] == 0) position[r] = ++u;  // 1-based while counting
+    }
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({u}), &rows_out));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({u, d}), &values_out));
+    int64_t* rows = rows_out->flat<int64_t>().data();
+    for (int64_t r = 0; r < m; ++r) {
+      if (position[r] > 0) rows[--position[r]] = r;
+    }
+    T* values = values_out->flat<T>().data();
+    // Half-precision tables sum in float: through a float scratch block of
+    // the output's size, from TensorFlow's allocator (which reuses the pages
+    // of earlier calls; a fresh heap block is page-faulted in on every call).
     Tensor scratch_tensor;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(
-        ::tensorflow::DataTypeToEnum<Acc>::value, TensorShape({m * d}), &scratch_tensor));
-    Acc* scratch_data = scratch_tensor.flat<Acc>().data();
-    std::vector<char> touched(m, 0);
+    Acc* sums = reinterpret_cast<Acc*>(values);
+    if (!std::is_same<T, Acc>::value) {
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(::tensorflow::DataTypeToEnum<Acc>::value,
+                                            TensorShape({u * d}), &scratch_tensor));
+      sums = scratch_tensor.flat<Acc>().data();
+    }
+    std::vector<char> seen(m, 0);
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int64_t parts = std::max(1, workers->NumThreads());
     auto scatter = [&](int64_t p_begin, int64_t p_end) {
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
         for (int64_t e = 0; e < slots; ++e) {
+          // Rows are written in random order: fetch them ahead.
+          const int64_t e_ahead = e + kAhead * k;
+          if (e_ahead < slots && token_rows[e_ahead] >= lo && token_rows[e_ahead] < hi) {
+            PrefetchRow(sums + position[token_rows[e_ahead]] * d, d);
+          }
           const int64_t row = token_rows[e];
           if (row < lo || row >= hi) continue;
           const T* g = grad + out_row[e / k] * d;
-          Acc* acc = scratch_data + row * d;
+          Acc* acc = sums + position[row] * d;
           const Acc f = slot_factor[e];
-          if (!touched[row]) {
-            touched[row] = 1;
+          if (!seen[row]) {
+            seen[row] = 1;
             for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
           } else {
             AddScaledRow(acc, g, f, d);
@@ -631,22 +641,12 @@ struct LookupGradFunctor<CPUDevice, T> {
       }
     };
     ParallelFor(ctx, parts, slots * (d + 10), scatter);
-    std::vector<int64_t> distinct;
-    for (int64_t r = 0; r < m; ++r) {
-      if (touched[r]) distinct.push_back(r);
+    if (!std::is_same<T, Acc>::value) {
+      auto convert = [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin * d; i < end * d; ++i) values[i] = static_cast<T>(sums[i]);
+      };
+      ParallelFor(ctx, u, 2 * d, convert);
     }
-    const int64_t u = static_cast<int64_t>(distinct.size());
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({u}), &rows_out));
-    TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({u, d}), &values_out));
-    std::copy(distinct.begin(), distinct.end(), rows_out->flat<int64_t>().data());
-    T* values = values_out->flat<T>().data();
-    auto copy = [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) {
-        const Acc* acc = scratch_data + distinct[g] * d;
-        for (int64_t c = 0; c < d; ++c) values[g * d + c] = static_cast<T>(acc[c]);
-      }
-    };
-    ParallelFor(ctx, u, 2 * d, copy);
     return ::tensorflow::OkStatus();
   }
 
