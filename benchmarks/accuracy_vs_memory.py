@@ -87,7 +87,7 @@ def load(name, frappe_fraction=1.0):
         n = len(splits["train"]["label"])
         keep = np.sort(rng.permutation(n)[:int(frappe_fraction * n)])
         splits["train"] = {k: v[keep] for k, v in splits["train"].items()}
-    rank = common.frequency_rank(splits["train"]["index"], V)
+    rank = mdata.frequency_order(splits["train"]["index"], V)
     out = {}
     for s, arr in splits.items():
         idx = arr["index"]
@@ -340,6 +340,10 @@ def main(argv=None):
                    help=f"a small check: {QUICK['datasets']}, {QUICK['seeds']} seed, budgets "
                         f"{QUICK['budgets']}, Frappe train cut to {QUICK['frappe_fraction'] * 100:.0f}%%, "
                         f"methods {QUICK['methods']}")
+    p.add_argument("--max-epochs", type=int, default=PROTOCOL["max_epochs"],
+                   help="epoch cap of early stopping (part of the protocol)")
+    p.add_argument("--patience", type=int, default=PROTOCOL["patience"],
+                   help="epochs without a better validation AUC before stopping")
     p.add_argument("--out", default=None)
     p.add_argument("--report-only", action="store_true", help="print tables from --out, no runs")
     args = p.parse_args(argv)
@@ -351,6 +355,7 @@ def main(argv=None):
         frappe_fraction = QUICK["frappe_fraction"]
         args.out = args.out or DEFAULT_OUT.replace("accuracy.json", "accuracy_quick.json")
     args.out = args.out or DEFAULT_OUT
+    PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience)
     datasets = [d for d in args.datasets.split(",") if d]
     budgets = [int(b) for b in args.budgets.split(",") if b]
     methods = [m for m in args.methods.split(",") if m]
@@ -403,7 +408,9 @@ def main(argv=None):
                 continue
             rec = dict(dataset=ds, method=m, budget=b, seed=s)
             try:
-                rec.update(common.train_eval(data, m, b, s, batch_size=BATCH_SIZE))
+                rec.update(common.train_eval(data, m, b, s, batch_size=BATCH_SIZE,
+                                             max_epochs=args.max_epochs,
+                                             patience=args.patience))
             except ValueError as e:  # the method cannot fit the budget
                 rec.update(error=str(e))
             results["runs"].append(rec)

@@ -193,7 +193,7 @@ def synthetic_data(args):
     vocab = mdata.Vocabulary.fit(raw["train"]["categorical"])
     V = int(vocab.size)
     index = {s: vocab.lookup(r["categorical"]) for s, r in raw.items()}
-    rank = common.frequency_rank(index["train"], V)
+    rank = mdata.frequency_order(index["train"], V)
     splits = {s: {"dense": raw[s]["dense"], "index": rank[index[s]], "label": raw[s]["label"]}
               for s in raw}
     oov = {s: float(np.mean(np.isin(index[s], vocab.offsets))) for s in ("dev", "test")}

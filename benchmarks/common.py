@@ -1,9 +1,6 @@
 """Helpers shared by the accuracy and scale benchmarks.
 
 * `auc`: exact ROC AUC (rank statistic, ties averaged).
-* `frequency_rank`: relabels a global dense index so that index 0 is the
-  value most frequent in the training split (what MEM-REC's head rows and
-  quotient-remainder's first segment assume).
 * `method_config`: every embedding variant of the benchmarks sized to a
   compression factor of the full tables.
 * `train_eval`: one seeded DLRM training run with early stopping on a
@@ -55,18 +52,6 @@ def auc(labels, scores):
         return float("nan")
     ranks = rankdata(scores)
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def frequency_rank(train_index, vocabulary_size):
-    """A permutation `new[old]` of [0, V): descending train count, ties by index.
-
-    Values never seen in training (e.g. OOV slots) come last.
-    """
-    counts = np.bincount(np.asarray(train_index).reshape(-1), minlength=vocabulary_size)
-    order = np.lexsort((np.arange(vocabulary_size), -counts))  # old ids, most frequent first
-    new = np.empty(vocabulary_size, np.int64)
-    new[order] = np.arange(vocabulary_size, dtype=np.int64)
-    return new
 
 
 def method_config(method, vocabulary_size, cardinalities, compression, dim=16):

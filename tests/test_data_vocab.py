@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from memrec_tf.data import (ArrayData, FeatureSpec, Vocabulary, count_lines, data_dir,
-                            load_criteo_sample, load_frappe, load_movielens100k)
+                            frequency_order, load_criteo_sample, load_frappe,
+                            load_movielens100k)
 from memrec_tf.data.arrays import split_rows
 
 
@@ -97,3 +98,13 @@ def test_data_dir_override_and_missing_files(tmp_path, monkeypatch):
             loader()
     monkeypatch.delenv("MEMREC_DATA_DIR")
     assert data_dir() == Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_frequency_order_ranks_indices_by_training_count():
+    train = np.array([[4, 1], [4, 2], [2, 4], [0, 4]], np.int64)
+    new = frequency_order(train, 6)
+    # Counts: 4 x4, 2 x2, 0 and 1 once (ties by index), 3 and 5 never seen.
+    np.testing.assert_array_equal(new, [2, 3, 1, 4, 0, 5])
+    assert sorted(new.tolist()) == list(range(6))  # a permutation
+    with pytest.raises(ValueError, match="holds 6, outside \\[0, 6\\)"):
+        frequency_order(np.array([1, 6]), 6)

@@ -63,13 +63,13 @@ from memrec_tf.data.paths import count_lines, data_dir
 from memrec_tf.data.spec import ColumnSpec, FeatureSpec
 from memrec_tf.data.stats import MalformedLineError, ReadStats, Reject
 from memrec_tf.data.synthetic import PRESETS, TERABYTE_CARDINALITIES, SyntheticCriteo
-from memrec_tf.data.vocab import Vocabulary
+from memrec_tf.data.vocab import Vocabulary, frequency_order
 
 __all__ = [
     "ArrayData", "CRITEO_SPEC", "CSVReader", "ColumnSpec", "CriteoTSVReader", "EMPTY_ID",
     "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "FeatureSpec", "LibFMReader", "MOVIELENS_COLUMNS",
     "MalformedLineError", "PRESETS", "ReadStats", "Reject", "SyntheticCriteo",
     "TERABYTE_CARDINALITIES", "Vocabulary", "count_lines", "data_dir", "dense_transform",
-    "frappe_reader", "hash_strings", "hash_strings_tf", "load_criteo_sample", "load_frappe",
+    "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf", "load_criteo_sample", "load_frappe",
     "load_movielens100k", "movielens100k_dataset", "sniff_delimiter",
 ]

@@ -7,6 +7,10 @@ the block's first index `offsets[c]` is column c's out-of-vocabulary index:
 values unseen in training (or seen fewer than `min_count` times) map there;
 known values follow in order of decreasing training frequency (ties by
 ascending id). Without an OOV slot, unknown values map to -1.
+
+`frequency_order` relabels such an index by training frequency over all
+columns, so that index 0 is the most frequent value: the order that
+`MemRecEmbedding(num_head_rows=H)` assumes (indices below H own a row each).
 """
 from __future__ import annotations
 
@@ -96,3 +100,30 @@ class Vocabulary:
             known = self.offsets[c] + extra + (self._order[c][pos] if len(ref) else 0)
             out[:, c] = np.where(found, known, self.offsets[c] if self.oov else unknown)
         return out
+
+
+def frequency_order(train_index: np.ndarray, vocabulary_size: int) -> np.ndarray:
+    """A relabelling of a global dense index by training frequency.
+
+    Args:
+      train_index: int64 global indices in [0, vocabulary_size) of the
+        training split (any shape).
+      vocabulary_size: V.
+
+    Returns:
+      int64 [V] `new` with `new[old]` the rank of index `old` by descending
+      count in `train_index` (ties by ascending index; indices never seen in
+      training come last). Apply it as `new[index]` to every split.
+
+    Raises:
+      ValueError: an index outside [0, V).
+    """
+    index = np.asarray(train_index, np.int64).reshape(-1)
+    if index.size and (index.min() < 0 or index.max() >= vocabulary_size):
+        bad = index[(index < 0) | (index >= vocabulary_size)][0]
+        raise ValueError(f"train_index holds {bad}, outside [0, {vocabulary_size})")
+    counts = np.bincount(index, minlength=vocabulary_size)
+    order = np.lexsort((np.arange(vocabulary_size), -counts))  # old ids, most frequent first
+    new = np.empty(vocabulary_size, np.int64)
+    new[order] = np.arange(vocabulary_size, dtype=np.int64)
+    return new
