@@ -215,18 +215,24 @@ def _cmd_export(args):
 
 
 def _cmd_plan(args):
+    import numpy as np
+
     from memrec_tf import planning, training
 
-    cards = args.cardinalities
+    cards, value_counts = args.cardinalities, None
     if cards is None:
         if not (args.format and args.data):
             raise training.UsageError("give --cardinalities, or --format and --data to count them")
         options = training.DataOptions(format=args.format, train=args.data, columns=args.columns,
                                        delimiter=args.delimiter, libfm_fields=args.libfm_fields)
-        cards = training.make_source(options, 8192).cardinalities
+        counted = training.count_values(training.training_reader(options, 8192))
+        cards = [max(1, len(values)) for values, _ in counted]
+        value_counts = np.concatenate([counts for _, counts in counted])
+        if len(value_counts) != sum(cards):  # a column with no values counts as one
+            value_counts = None
     plan = planning.plan(cards, args.embedding_dim, budget=args.budget_bytes,
                          compression=None if args.budget_bytes else args.compression,
-                         num_hashes=args.num_hashes)
+                         num_hashes=args.num_hashes, value_counts=value_counts)
     print(json.dumps(plan, indent=2) if args.json else planning.format_plan(plan))
 
 

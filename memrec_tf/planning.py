@@ -7,13 +7,30 @@ vocabulary, as libFM indices already are), it also proposes the
 collision-free vocabulary signature; the mapping from raw ids to indices
 then costs about 16 bytes per value on top (a hash table of int64 keys and
 values), which the plan reports separately.
+
+Given the training counts of the values (`memrec plan --data FILE` counts
+them), it also proposes frequency-aware head rows: the vocabulary signature
+with a quarter of the token rows owned by the most frequent values
+(`num_head_rows`), and reports what share of the training occurrences those
+values are. That configuration measured best or tied-best of every MEM-REC
+variant from /4 to /16 of the full bytes on Frappe and MovieLens-100K
+(BENCHMARKS.md, accuracy against memory), so the plan recommends it there
+when the counts are known; below /16 it recommends the hashed shared layer,
+which needs no id->index mapping.
 """
+import numpy as np
+
 from memrec_tf import models
 
 VOCABULARY_BYTES_PER_VALUE = 16
+# Share of the token rows given to head rows (as measured in the benchmarks).
+HEAD_FRACTION = 0.25
+# Recommend head rows down to this compression (the measured range).
+HEAD_MAX_COMPRESSION = 16.0
 
 
-def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes=2):
+def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes=2,
+         value_counts=None):
     """A dict: the features, the budget and one entry per method that fits it.
 
     Args:
@@ -22,11 +39,20 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
       budget: bytes for all embedding tables; or
       compression: full-table bytes / compression.
       num_hashes: k of the MEM-REC options.
+      value_counts: optional training count of every value (all features,
+        any order; sum(cardinalities) of them): adds the head-row
+        configuration "memrec_vocabulary_head".
 
     Raises:
-      ValueError: no MEM-REC layer fits the budget.
+      ValueError: no MEM-REC layer fits the budget, or value_counts does not
+        hold one count per value.
     """
     cards = [int(c) for c in cardinalities]
+    if value_counts is not None:
+        value_counts = np.asarray(value_counts, np.int64).reshape(-1)
+        if value_counts.size != sum(cards):
+            raise ValueError(f"value_counts has {value_counts.size} counts; the cardinalities "
+                             f"sum to {sum(cards)}")
     configs = models.budget_configs(embedding_dim, cards, budget=budget, compression=compression,
                                     num_hashes=num_hashes)
     if "memrec" not in configs:
@@ -48,10 +74,41 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
             "vocabulary_mapping_bytes": vocab * VOCABULARY_BYTES_PER_VALUE}
     except ValueError:
         pass
+    if value_counts is not None and "memrec_vocabulary" in methods:
+        head = _head_method(value_counts, vocab, embedding_dim, budget, compression, num_hashes,
+                            methods["memrec_vocabulary"]["options"]["num_token_rows"])
+        if head is not None:
+            methods["memrec_vocabulary_head"] = head
+    recommended = {"method": "memrec", "options": shared}
+    requested = compression if compression else configs["memrec"].full_bytes / budget
+    if "memrec_vocabulary_head" in methods and requested <= HEAD_MAX_COMPRESSION:
+        recommended = {"method": "memrec_vocabulary_head",
+                       "options": methods["memrec_vocabulary_head"]["options"]}
     return {"cardinalities": cards, "vocabulary_size": vocab, "embedding_dim": embedding_dim,
             "full_bytes": configs["memrec"].full_bytes, "budget_bytes": budget or int(
                 configs["memrec"].full_bytes // compression),
-            "recommended": {"method": "memrec", "options": shared}, "methods": methods}
+            "recommended": recommended, "methods": methods}
+
+
+def _head_method(value_counts, vocab, embedding_dim, budget, compression, num_hashes,
+                 token_rows):
+    counts = value_counts
+    head = min(int(HEAD_FRACTION * token_rows), vocab)
+    if head < 1:
+        return None
+    try:
+        config = models.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
+                                      compression=compression, num_hashes=num_hashes,
+                                      num_head_rows=head)
+    except ValueError:
+        return None
+    top = np.sort(counts)[::-1][:head]
+    total = int(counts.sum())
+    return {"options": dict(config.options, vocabulary_size=vocab), "bytes": config.bytes,
+            "compression": round(config.ratio, 2),
+            "vocabulary_mapping_bytes": vocab * VOCABULARY_BYTES_PER_VALUE,
+            "head_share_of_occurrences": round(float(top.sum()) / total, 4) if total else 0.0,
+            "index_order": "by descending training count (memrec_tf.data.frequency_order)"}
 
 
 def format_plan(p):
@@ -59,13 +116,17 @@ def format_plan(p):
     lines = [f"{len(p['cardinalities'])} categorical features, {p['vocabulary_size']:,} values, "
              f"d={p['embedding_dim']}: full tables {p['full_bytes']:,} bytes, "
              f"budget {p['budget_bytes']:,} bytes",
-             f"{'method':<20}{'bytes':>14}{'compression':>13}  options"]
+             f"{'method':<24}{'bytes':>14}{'compression':>13}  options"]
     for name, m in p["methods"].items():
         options = ", ".join(f"{k}={v}" for k, v in m["options"].items())
         extra = (f" (+{m['vocabulary_mapping_bytes']:,} bytes of id->index mapping)"
                  if "vocabulary_mapping_bytes" in m else "")
-        lines.append(f"{name:<20}{m['bytes']:>14,}{m['compression']:>12.1f}x  {options}{extra}")
+        if "head_share_of_occurrences" in m:
+            extra += (f"; the head values are {m['head_share_of_occurrences'] * 100:.1f}% of "
+                      "training occurrences; index values by descending count")
+        lines.append(f"{name:<24}{m['bytes']:>14,}{m['compression']:>12.1f}x  {options}{extra}")
     rec = p["recommended"]
+    tail = ", salt_columns=True)" if rec["method"] == "memrec" else ")"
     lines.append("recommended: MemRecEmbedding(" + ", ".join(
-        f"{k}={v}" for k, v in rec["options"].items()) + ", salt_columns=True)")
+        f"{k}={v}" for k, v in rec["options"].items()) + tail)
     return "\n".join(lines)

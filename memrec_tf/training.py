@@ -90,29 +90,68 @@ def _reader(options, path, batch_size):
     raise UsageError(f"unknown format {fmt!r}; choose one of {FORMATS}")
 
 
+def count_values(reader, limit=50_000_000):
+    """Training counts of every categorical value, in one streaming pass.
+
+    Returns:
+      Per categorical column, `(values, counts)`: int64 arrays of the
+      distinct raw ids (ascending) and how often each occurs.
+
+    Raises:
+      UsageError: more than `limit` distinct values in all (give
+        --cardinalities instead), or no valid rows.
+    """
+    columns = None  # per column: merged (values, counts) and batches not yet merged
+    for features, _ in reader.iter_batches():
+        cat = np.asarray(features["categorical"])
+        if columns is None:
+            columns = [{"merged": (np.zeros(0, np.int64), np.zeros(0, np.int64)),
+                        "pending": [], "pending_size": 0} for _ in range(cat.shape[1])]
+        total = 0
+        for j, column in enumerate(columns):
+            values, counts = np.unique(cat[:, j], return_counts=True)
+            column["pending"].append((values, counts))
+            column["pending_size"] += len(values)
+            # Merge once the pending uniques outgrow the merged ones: each
+            # value is re-sorted O(log batches) times.
+            if column["pending_size"] >= max(len(column["merged"][0]), 1 << 16):
+                column["merged"] = _merge_counts([column["merged"]] + column["pending"])
+                column["pending"], column["pending_size"] = [], 0
+            total += len(column["merged"][0])
+        if total > limit:
+            raise UsageError(f"more than {limit:,} distinct categorical values: pass "
+                             "--cardinalities instead of counting them")
+    if columns is None:
+        raise UsageError(f"no valid rows in {reader.paths if hasattr(reader, 'paths') else reader}")
+    return [_merge_counts([c["merged"]] + c["pending"]) for c in columns]
+
+
+def _merge_counts(parts):
+    """Sums the counts of equal values over (values, counts) pairs."""
+    values = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    counts = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    if not len(values):
+        return values, counts
+    order = np.argsort(values, kind="stable")
+    values, counts = values[order], counts[order]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return values[starts], np.add.reduceat(counts, starts)
+
+
 def count_cardinalities(reader, limit=50_000_000):
     """Distinct ids per categorical column, counted in one streaming pass.
 
     Raises:
-      UsageError: more than `limit` distinct values in all (give
-        --cardinalities instead).
+      UsageError: see `count_values`.
     """
-    seen = None
-    total = 0
-    for features, _ in reader.iter_batches():
-        cat = features["categorical"]
-        if seen is None:
-            seen = [set() for _ in range(cat.shape[1])]
-        for j, column in enumerate(seen):
-            before = len(column)
-            column.update(np.unique(cat[:, j]).tolist())
-            total += len(column) - before
-        if total > limit:
-            raise UsageError(f"more than {limit:,} distinct categorical values: pass "
-                             "--cardinalities instead of counting them")
-    if seen is None:
-        raise UsageError(f"no valid rows in {reader.paths if hasattr(reader, 'paths') else reader}")
-    return [max(1, len(column)) for column in seen]
+    return [max(1, len(values)) for values, _ in count_values(reader, limit)]
+
+
+def training_reader(options, batch_size):
+    """A reader of the training file of `options` (or its evaluation file)."""
+    path = options.train or options.eval
+    _check_file(path, "train" if options.train else "eval")
+    return _reader(options, path, batch_size)
 
 
 def make_source(options, batch_size):
@@ -151,7 +190,7 @@ def make_source(options, batch_size):
         _check_file(train_path, "train")
     if options.eval is not None:
         _check_file(options.eval, "eval")
-    probe = _reader(options, train_path or options.eval, batch_size)
+    probe = training_reader(options, batch_size)
     cards = options.cardinalities
     if cards is None:
         cards = count_cardinalities(probe)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from memrec_tf import cli, training
+from memrec_tf import cli, planning, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--synthetic-preset", "tiny", "--synthetic-rows", "16384", "--synthetic-eval-rows",
@@ -148,6 +148,61 @@ def test_plan_sizes_every_method_to_the_budget(capsys):
     memrec = plan["methods"]["memrec"]["options"]
     assert memrec["num_token_rows"] * 16 * 4 + memrec["num_weight_rows"] * 4 <= budget
     assert plan["recommended"]["method"] == "memrec"
+
+
+def test_plan_counts_values_and_proposes_head_rows(tmp_path, capsys):
+    # Feature 0 has 40 values with Zipf-like counts, feature 1 has 300 rare ones.
+    rng = np.random.default_rng(3)
+    lines, counts = [], {}
+    for i in range(3000):
+        a = min(int(rng.zipf(1.5)) - 1, 39)
+        b = 40 + int(rng.integers(0, 300))
+        counts[a] = counts.get(a, 0) + 1
+        counts[b] = counts.get(b, 0) + 1
+        lines.append(f"{i % 2} {a}:1 {b}:1\n")
+    path = tmp_path / "train.libfm"
+    path.write_text("".join(lines))
+    args = ["plan", "--format", "libfm", "--libfm-fields", "2", "--data", str(path), "--json"]
+    assert cli.main([*args, "--compression", "4"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["vocabulary_size"] == len(counts)
+    head = plan["methods"]["memrec_vocabulary_head"]
+    rows = head["options"]["num_head_rows"]
+    assert rows == int(planning.HEAD_FRACTION * head["options"]["num_token_rows"])
+    top = sorted(counts.values(), reverse=True)[:rows]
+    assert head["head_share_of_occurrences"] == pytest.approx(sum(top) / 6000, abs=1e-4)
+    assert head["bytes"] <= plan["budget_bytes"]
+    assert plan["recommended"]["method"] == "memrec_vocabulary_head"
+    # Past the measured range (/16) the hashed shared layer is recommended.
+    assert cli.main([*args, "--compression", "32"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["recommended"]["method"] == "memrec"
+    # Without counts (cardinalities only) there is no head-row entry.
+    assert cli.main(["plan", "--cardinalities", "40,300", "--compression", "4", "--json"]) == 0
+    assert "memrec_vocabulary_head" not in json.loads(capsys.readouterr().out)["methods"]
+
+
+def test_plan_rejects_counts_that_do_not_match_the_cardinalities():
+    with pytest.raises(ValueError, match="value_counts has 3 counts; the cardinalities sum to 5"):
+        planning.plan([2, 3], 16, compression=2, value_counts=[1, 2, 3])
+
+
+def test_count_values_merges_batches_exactly():
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(-5, [4, 200_000], size=(30_000, 2)) for _ in range(6)]
+
+    class Reader:
+        def iter_batches(self):
+            for b in batches:
+                yield {"categorical": b}, None
+
+    counted = training.count_values(Reader())
+    everything = np.concatenate(batches)
+    for j in range(2):
+        values, counts = np.unique(everything[:, j], return_counts=True)
+        np.testing.assert_array_equal(counted[j][0], values)
+        np.testing.assert_array_equal(counted[j][1], counts)
+    assert training.count_cardinalities(Reader()) == [len(counted[0][0]), len(counted[1][0])]
 
 
 def test_export_command_writes_a_core_savedmodel(tmp_path):
