@@ -48,14 +48,30 @@ CUSTOM_OPS = os.path.join(REPO, "custom_ops")
 KERNEL_HEADER = "memrec_kernels_gpu.cuh"
 
 # ----------------------------------------------------------- numpy reference
-# Constants of memrec_math.h.
+def _load_signature_module():
+    """memrec_tf/signature.py by path: pure Python, no TensorFlow needed."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "memrec_tf", "signature.py")
+    spec = importlib.util.spec_from_file_location("memrec_signature", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The constants of memrec_math.h, from the package's pure-Python copy (pinned
+# against the C++ op by tests/test_hash_vectors.py).
+_SIGNATURE = _load_signature_module()
+TOKEN_STREAM = _SIGNATURE.TOKEN_STREAM
+WEIGHT_STREAM = _SIGNATURE.WEIGHT_STREAM
+SALT_STREAM = _SIGNATURE.SALT_STREAM
+MIX_MUL1 = _SIGNATURE.MIX_MUL1
+MIX_MUL2 = _SIGNATURE.MIX_MUL2
+MAX_HASHES = _SIGNATURE.MAX_HASHES
+# SplitRadix of memrec_math.h: (offsets, radices, strides).
+split_radix = _SIGNATURE.split_radix
 MASK64 = (1 << 64) - 1
-TOKEN_STREAM = 0x9E3779B97F4A7C15
-WEIGHT_STREAM = 0xD1B54A32D192ED03
-SALT_STREAM = 0xC2B2AE3D27D4EB4F
-MIX_MUL1 = 0xBF58476D1CE4E5B9
-MIX_MUL2 = 0x94D049BB133111EB
-MAX_HASHES = 16
 COMBINERS = {"none": 0, "sum": 1, "mean": 2, "sqrtn": 3}
 U64 = np.uint64
 
@@ -80,22 +96,6 @@ def mix64_int(z):
 def salt_key(seed, salt):
     """SaltKey(seed, salt) of memrec_math.h, as an unsigned Python int."""
     return mix64_int((seed & MASK64) + mix64_int((salt + SALT_STREAM) & MASK64))
-
-
-def _load_signature_module():
-    """memrec_tf/signature.py by path: pure Python, no TensorFlow needed."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "memrec_tf", "signature.py")
-    spec = importlib.util.spec_from_file_location("memrec_signature", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# SplitRadix of memrec_math.h: (offsets, radices, strides).
-split_radix = _load_signature_module().split_radix
 
 
 # memrec::Signature, field by field (naturally aligned, no padding: 824 bytes).
