@@ -9,6 +9,17 @@
 
 namespace memrec {
 
+// Accumulation type of the kernels: float for float, half and bfloat16;
+// double for double.
+template <typename T>
+struct AccumulatorOf {
+  using type = float;
+};
+template <>
+struct AccumulatorOf<double> {
+  using type = double;
+};
+
 // Inputs of one lookup, already validated. Pointers are in the functor's
 // device memory, except row_splits, which is always in host memory (the GPU
 // kernels declare it HostMemory and copy it over themselves).

@@ -33,16 +33,6 @@ namespace errors = ::tensorflow::errors;
 using CPUDevice = Eigen::ThreadPoolDevice;
 using GPUDevice = Eigen::GpuDevice;
 
-// Accumulation type: float for float, half and bfloat16; double for double.
-template <typename T>
-struct AccumulatorOf {
-  using type = float;
-};
-template <>
-struct AccumulatorOf<double> {
-  using type = double;
-};
-
 namespace {
 
 // Attributes read once at construction.

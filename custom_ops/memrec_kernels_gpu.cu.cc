@@ -48,17 +48,6 @@ namespace errors = ::tensorflow::errors;
 
 namespace {
 
-// float for float, half and bfloat16; double for double (as the CPU
-// kernels' AccumulatorOf in memrec_kernels.cc).
-template <typename T>
-struct GpuAccumulator {
-  using type = float;
-};
-template <>
-struct GpuAccumulator<double> {
-  using type = double;
-};
-
 Status CudaStatus(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return ::tensorflow::OkStatus();
   cudaGetLastError();  // clear the error so that it is not reported twice
@@ -262,7 +251,7 @@ Status ReduceSegments(OpKernelContext* ctx, cudaStream_t stream,
 template <typename T>
 struct LookupFunctor<GPUDevice, T> {
   Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a, T* output) {
-    using Acc = typename GpuAccumulator<T>::type;
+    using Acc = typename AccumulatorOf<T>::type;
     if (a.num_rows == 0 || a.dim == 0) return ::tensorflow::OkStatus();
     const cudaStream_t stream = ctx->eigen_gpu_device().stream();
     const int k = a.signature.num_hashes;
@@ -300,7 +289,7 @@ template <typename T>
 struct LookupGradFunctor<GPUDevice, T> {
   Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a,
                     const T* grad) {
-    using Acc = typename GpuAccumulator<T>::type;
+    using Acc = typename AccumulatorOf<T>::type;
     const Signature& sig = a.signature;
     const int k = sig.num_hashes, kw = sig.num_weight_hashes;
     const int width = a.weight_width;
