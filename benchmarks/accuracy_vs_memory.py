@@ -344,6 +344,8 @@ def main(argv=None):
                    help="epoch cap of early stopping (part of the protocol)")
     p.add_argument("--patience", type=int, default=PROTOCOL["patience"],
                    help="epochs without a better validation AUC before stopping")
+    p.add_argument("--head-fraction", type=float, default=common.HEAD_FRACTION,
+                   help="memrec-vocab-head: share of the token rows that are head rows")
     p.add_argument("--out", default=None)
     p.add_argument("--report-only", action="store_true", help="print tables from --out, no runs")
     args = p.parse_args(argv)
@@ -356,6 +358,8 @@ def main(argv=None):
         args.out = args.out or DEFAULT_OUT.replace("accuracy.json", "accuracy_quick.json")
     args.out = args.out or DEFAULT_OUT
     PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience)
+    if args.head_fraction != common.HEAD_FRACTION:  # recorded only when not the default
+        PROTOCOL.update(head_fraction=args.head_fraction)
     datasets = [d for d in args.datasets.split(",") if d]
     budgets = [int(b) for b in args.budgets.split(",") if b]
     methods = [m for m in args.methods.split(",") if m]
@@ -410,7 +414,8 @@ def main(argv=None):
             try:
                 rec.update(common.train_eval(data, m, b, s, batch_size=BATCH_SIZE,
                                              max_epochs=args.max_epochs,
-                                             patience=args.patience))
+                                             patience=args.patience,
+                                             head_fraction=args.head_fraction))
             except ValueError as e:  # the method cannot fit the budget
                 rec.update(error=str(e))
             results["runs"].append(rec)

@@ -13,13 +13,15 @@ import time
 
 import numpy as np
 
+# Share of the token rows given to head rows: the library's (memrec plan's) choice.
+from memrec_tf.planning import HEAD_FRACTION
+
 # Methods of the accuracy grid, in table order. "memrec-paper" is not a run
 # of its own: it is the better k (by validation AUC) of the two paper runs.
 METHODS = ("full", "hashing", "qr", "memrec-paper-k2", "memrec-paper-k3", "memrec-vocab",
            "memrec-vocab-noW", "memrec-vocab-perhash", "memrec-vocab-head")
 MEMREC_VARIANTS = ("memrec-paper-k2", "memrec-paper-k3", "memrec-vocab", "memrec-vocab-noW",
                    "memrec-vocab-perhash", "memrec-vocab-head")
-HEAD_FRACTION = 0.25
 WEIGHT_FRACTION = 0.125
 
 
@@ -54,7 +56,8 @@ def auc(labels, scores):
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def method_config(method, vocabulary_size, cardinalities, compression, dim=16):
+def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
+                  head_fraction=HEAD_FRACTION):
     """(embedding, options, spec_kind, bytes) of one benchmark method.
 
     spec_kind is "global" (FeatureSpec with vocabulary_size=V: the ids are
@@ -87,7 +90,7 @@ def method_config(method, vocabulary_size, cardinalities, compression, dim=16):
         raise ValueError(f"unknown method {method!r}; have {METHODS}")
     c = models.memrec_config(dim, vocabulary_size=V, compression=compression, **args)
     if method == "memrec-vocab-head":
-        head = int(HEAD_FRACTION * c.options["num_token_rows"])
+        head = int(head_fraction * c.options["num_token_rows"])
         if head > 0:
             c = models.memrec_config(dim, vocabulary_size=V, compression=compression,
                                      num_head_rows=head, **args)
@@ -103,13 +106,15 @@ def make_dataset(features, labels, batch_size, shuffle_seed=None):
 
 
 def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), batch_size=1024,
-               lr=1e-3, max_epochs=10, patience=1, eval_batch=16384):
+               lr=1e-3, max_epochs=10, patience=1, eval_batch=16384,
+               head_fraction=HEAD_FRACTION):
     """One run: build, train with early stopping on data["dev"], test the best epoch.
 
     Args:
       data: {"num_dense", "cardinalities", "vocabulary_size", "splits":
         {split: {"dense", "index", "label"}}} with frequency-ranked indices.
-      method, compression: see `method_config` (compression 1 for full).
+      method, compression, head_fraction: see `method_config` (compression 1
+        for full).
       seed: model init, hashes and shuffling.
 
     Returns:
@@ -123,7 +128,7 @@ def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), bat
     keras.utils.set_random_seed(seed)
     V = data["vocabulary_size"]
     embedding, options, kind, nbytes = method_config(method, V, data["cardinalities"],
-                                                     compression, dim)
+                                                     compression, dim, head_fraction)
     spec = models.FeatureSpec(num_dense=data["num_dense"],
                               cardinalities=tuple(data["cardinalities"]),
                               vocabulary_size=V if kind == "global" else 0)
