@@ -75,6 +75,10 @@ def build_cases(args):
         return step
 
     full_lookup = lambda: tf.nn.embedding_lookup(full, ids)  # noqa: E731
+    # Reference, not a target: one row per id from a table of the token
+    # table's size (m x d), the cost of a single cached row per id.
+    small_ids = tf.constant(rng.integers(0, args.m, size=n), tf.int64)
+    small_lookup = lambda: tf.nn.embedding_lookup(token, small_ids)  # noqa: E731
     return {
         "fused forward": forward(memrec("fused")),
         "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
@@ -82,6 +86,7 @@ def build_cases(args):
         "core forward+backward": forward_backward(memrec("core"), [token, weight]),
         "full-table forward": forward(full_lookup),
         "full-table forward+backward": forward_backward(full_lookup, [full]),
+        "m-row table forward (reference)": forward(small_lookup),
     }
 
 
@@ -97,6 +102,9 @@ def main(argv=None):
                         help="interleaved rounds; each variant runs --repeats times a round")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default=None,
+                        help="comma list of variants to time (default: all); ratios need "
+                             "both of their variants")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -104,6 +112,12 @@ def main(argv=None):
     if not available:
         sys.exit(f"bench_lookup: the fused op is unavailable: {reason}")
     cases = build_cases(args)
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in wanted if v not in cases]
+        if unknown:
+            parser.error(f"unknown variant(s) {unknown}; have {list(cases)}")
+        cases = {name: cases[name] for name in wanted}
     for fn in cases.values():  # trace and warm up
         for _ in range(3):
             fn()
@@ -117,21 +131,21 @@ def main(argv=None):
           f"m={args.m}, full table {args.full_rows:,} x {args.dim} float32")
     print(f"# {cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; "
           f"median of {args.rounds} rounds x {args.repeats}")
-    print(f"| {'variant':<28} | {'median ms':>10} | {'min ms':>8} | {'max ms':>8} |")
-    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
+    print(f"| {'variant':<32} | {'median ms':>10} | {'min ms':>8} | {'max ms':>8} |")
+    print(f"|{'-' * 34}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
     for name in cases:
         v = samples[name]
-        print(f"| {name:<28} | {median[name]:>10.2f} | {min(v):>8.2f} | {max(v):>8.2f} |")
-    ratios = {
-        "full fwd / fused fwd (target >= 3.4)":
-            median["full-table forward"] / median["fused forward"],
+        print(f"| {name:<32} | {median[name]:>10.2f} | {min(v):>8.2f} | {max(v):>8.2f} |")
+    pairs = {
+        "full fwd / fused fwd (target >= 3.4)": ("full-table forward", "fused forward"),
         "full fwd+bwd / fused fwd+bwd (target >= 2)":
-            median["full-table forward+backward"] / median["fused forward+backward"],
-        "core fwd / fused fwd (target >= 5)":
-            median["core forward"] / median["fused forward"],
+            ("full-table forward+backward", "fused forward+backward"),
+        "core fwd / fused fwd (target >= 5)": ("core forward", "fused forward"),
         "core fwd+bwd / fused fwd+bwd (target >= 5)":
-            median["core forward+backward"] / median["fused forward+backward"],
+            ("core forward+backward", "fused forward+backward"),
     }
+    ratios = {name: median[a] / median[b] for name, (a, b) in pairs.items()
+              if a in median and b in median}
     print()
     for name, value in ratios.items():
         print(f"{name:<46} {value:6.2f}x")
