@@ -97,7 +97,8 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--m", type=int, default=2 ** 16)
-    parser.add_argument("--full-rows", type=int, default=40_000_000)
+    parser.add_argument("--full-rows", type=int, default=40_000_000,
+                        help="rows of the full table; the ids are drawn from [0, full_rows)")
     parser.add_argument("--rounds", type=int, default=15,
                         help="interleaved rounds; each variant runs --repeats times a round")
     parser.add_argument("--repeats", type=int, default=3)
