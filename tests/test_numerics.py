@@ -198,6 +198,43 @@ def test_low_precision_tables_round_the_float32_result(rng, path, low, combiner)
     np.testing.assert_allclose(low_out, high, rtol=half_ulp * 1.01, atol=1e-7)
 
 
+@pytest.mark.parametrize("combiner", ["none", "sum"])
+@pytest.mark.parametrize("low", LOW)
+def test_fused_low_precision_gradients_round_the_float32_gradients(rng, low, combiner):
+    # The fused gradient of half and bfloat16 tables is summed per row in
+    # float32 and rounded once: ids repeat, so rows collect many
+    # contributions (its scatter goes through a float scratch block for
+    # these types). The core path's gradient is not deduplicated: its
+    # per-id values are summed by whoever applies them (a Keras optimizer
+    # sums them into the float32 variables of a mixed-precision model).
+    path = "fused"
+    dtype, half_ulp = LOW[low]
+    sig = Signature(num_hashes=2, num_weight_hashes=2, seed=5)
+    n = 3000
+    ids = tf.constant(rng.integers(0, 400, n), tf.int64)
+    splits = tf.constant(np.zeros([0]) if combiner == "none" else [0, 1000, 1000, n], tf.int64)
+
+    def rounded(x):
+        return tf.cast(tf.cast(x, dtype), tf.float32).numpy()
+
+    table = rounded(rng.uniform(-1, 1, [61, 8]))
+    wtable = rounded(rng.uniform(0.25, 0.75, [17, 1]))
+    upstream = rounded(rng.uniform(0.5, 1.0, [n if combiner == "none" else 3, 8]))
+
+    def grads(cast):
+        t, w = tf.constant(table, cast), tf.constant(wtable, cast)
+        with tf.GradientTape() as tape:
+            tape.watch([t, w])
+            out = PATHS[path](ids, splits, tf.zeros([0], cast), t, w, sig, combiner=combiner)
+            loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
+        return [tf.cast(tf.convert_to_tensor(g), tf.float32).numpy()
+                for g in tape.gradient(loss, [t, w])]
+
+    for got, want in zip(grads(dtype), grads(tf.float32)):
+        # The output is rounded once before the loss, so allow one more ulp.
+        np.testing.assert_allclose(got, want, rtol=half_ulp * 4.01, atol=1e-6)
+
+
 @pytest.mark.parametrize("low", LOW)
 @pytest.mark.parametrize("path", PATHS)
 def test_large_half_sums_overflow_to_inf_but_means_do_not(path, low):
