@@ -129,4 +129,8 @@ def format_plan(p):
     tail = ", salt_columns=True)" if rec["method"] == "memrec" else ")"
     lines.append("recommended: MemRecEmbedding(" + ", ".join(
         f"{k}={v}" for k, v in rec["options"].items()) + tail)
+    if rec["method"] != "memrec":
+        lines.append("  (for ids mapped to dense indices ordered by training count, e.g. with "
+                     "memrec_tf.data.frequency_order; `memrec train` reads raw ids and trains "
+                     "the hashed `memrec` row above)")
     return "\n".join(lines)
