@@ -90,9 +90,8 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
             "recommended": recommended, "methods": methods}
 
 
-def _head_method(value_counts, vocab, embedding_dim, budget, compression, num_hashes,
-                 token_rows):
-    counts = value_counts
+def _head_method(counts, vocab, embedding_dim, budget, compression, num_hashes, token_rows):
+    """The vocabulary signature with HEAD_FRACTION of its token rows as head rows."""
     head = min(int(HEAD_FRACTION * token_rows), vocab)
     if head < 1:
         return None
