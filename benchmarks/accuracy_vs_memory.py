@@ -344,6 +344,7 @@ def main(argv=None):
                    help="epoch cap of early stopping (part of the protocol)")
     p.add_argument("--patience", type=int, default=PROTOCOL["patience"],
                    help="epochs without a better validation AUC before stopping")
+    p.add_argument("--lr", type=float, default=PROTOCOL["lr"], help="Adam's learning rate")
     p.add_argument("--head-fraction", type=float, default=common.HEAD_FRACTION,
                    help="memrec-vocab-head: share of the token rows that are head rows")
     p.add_argument("--out", default=None)
@@ -357,7 +358,7 @@ def main(argv=None):
         frappe_fraction = QUICK["frappe_fraction"]
         args.out = args.out or DEFAULT_OUT.replace("accuracy.json", "accuracy_quick.json")
     args.out = args.out or DEFAULT_OUT
-    PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience)
+    PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience, lr=args.lr)
     if args.head_fraction != common.HEAD_FRACTION:  # recorded only when not the default
         PROTOCOL.update(head_fraction=args.head_fraction)
     datasets = [d for d in args.datasets.split(",") if d]
@@ -414,7 +415,7 @@ def main(argv=None):
             try:
                 rec.update(common.train_eval(data, m, b, s, batch_size=BATCH_SIZE,
                                              max_epochs=args.max_epochs,
-                                             patience=args.patience,
+                                             patience=args.patience, lr=args.lr,
                                              head_fraction=args.head_fraction))
             except ValueError as e:  # the method cannot fit the budget
                 rec.update(error=str(e))
