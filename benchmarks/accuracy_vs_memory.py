@@ -345,8 +345,9 @@ def main(argv=None):
     p.add_argument("--patience", type=int, default=PROTOCOL["patience"],
                    help="epochs without a better validation AUC before stopping")
     p.add_argument("--lr", type=float, default=PROTOCOL["lr"], help="Adam's learning rate")
-    p.add_argument("--head-fraction", type=float, default=common.HEAD_FRACTION,
-                   help="memrec-vocab-head: share of the token rows that are head rows")
+    p.add_argument("--head-fraction", type=float, default=None,
+                   help="memrec-vocab-head: share of the token rows that are head rows "
+                        "(default: the share memrec plan recommends)")
     p.add_argument("--out", default=None)
     p.add_argument("--report-only", action="store_true", help="print tables from --out, no runs")
     args = p.parse_args(argv)
@@ -359,8 +360,10 @@ def main(argv=None):
         args.out = args.out or DEFAULT_OUT.replace("accuracy.json", "accuracy_quick.json")
     args.out = args.out or DEFAULT_OUT
     PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience, lr=args.lr)
-    if args.head_fraction != common.HEAD_FRACTION:  # recorded only when not the default
-        PROTOCOL.update(head_fraction=args.head_fraction)
+    if args.head_fraction is not None:
+        from memrec_tf.planning import HEAD_FRACTION
+        if args.head_fraction != HEAD_FRACTION:  # recorded only when not the default
+            PROTOCOL.update(head_fraction=args.head_fraction)
     datasets = [d for d in args.datasets.split(",") if d]
     budgets = [int(b) for b in args.budgets.split(",") if b]
     methods = [m for m in args.methods.split(",") if m]

@@ -13,9 +13,6 @@ import time
 
 import numpy as np
 
-# Share of the token rows given to head rows: the library's (memrec plan's) choice.
-from memrec_tf.planning import HEAD_FRACTION
-
 # Methods of the accuracy grid, in table order. "memrec-paper" is not a run
 # of its own: it is the better k (by validation AUC) of the two paper runs.
 METHODS = ("full", "hashing", "qr", "memrec-paper-k2", "memrec-paper-k3", "memrec-vocab",
@@ -57,12 +54,14 @@ def auc(labels, scores):
 
 
 def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
-                  head_fraction=HEAD_FRACTION):
+                  head_fraction=None):
     """(embedding, options, spec_kind, bytes) of one benchmark method.
 
     spec_kind is "global" (FeatureSpec with vocabulary_size=V: the ids are
     dense global indices) or "hashed" (no vocabulary_size: the index ids are
     hashed at random, feature-salted, as in the MEM-REC paper).
+    head_fraction: memrec-vocab-head's share of the token rows that are head
+    rows (None: the share `memrec plan` recommends).
     """
     from memrec_tf import models
 
@@ -90,6 +89,8 @@ def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
         raise ValueError(f"unknown method {method!r}; have {METHODS}")
     c = models.memrec_config(dim, vocabulary_size=V, compression=compression, **args)
     if method == "memrec-vocab-head":
+        if head_fraction is None:  # the share `memrec plan` recommends
+            from memrec_tf.planning import HEAD_FRACTION as head_fraction
         head = int(head_fraction * c.options["num_token_rows"])
         if head > 0:
             c = models.memrec_config(dim, vocabulary_size=V, compression=compression,
@@ -107,7 +108,7 @@ def make_dataset(features, labels, batch_size, shuffle_seed=None):
 
 def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), batch_size=1024,
                lr=1e-3, max_epochs=10, patience=1, eval_batch=16384,
-               head_fraction=HEAD_FRACTION):
+               head_fraction=None):
     """One run: build, train with early stopping on data["dev"], test the best epoch.
 
     Args:
