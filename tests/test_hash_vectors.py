@@ -91,29 +91,22 @@ def _op_rows(vector, fn):
     return np.asarray(token), np.asarray(weight)
 
 
-def _expected(vector):
+def _assert_pinned(vector, token, weight):
+    """token [N, k] and weight [N, kw] rows are the vector's pinned rows."""
     k = vector["signature"]["num_hashes"]
     kw = vector["signature"].get("num_weight_hashes", 0)
     n = len(vector["ids"])
-    return (np.array(vector["token_rows"], np.int64).reshape(n, k),
-            np.array(vector["weight_rows"], np.int64).reshape(n, kw))
+    token, weight = np.asarray(token), np.asarray(weight)
+    assert token.dtype == np.int64 and weight.dtype == np.int64
+    np.testing.assert_array_equal(token, np.array(vector["token_rows"], np.int64).reshape(n, k))
+    np.testing.assert_array_equal(weight,
+                                  np.array(vector["weight_rows"], np.int64).reshape(n, kw))
 
 
+@pytest.mark.parametrize("hash_rows", [ops.hash_rows, core.hash_rows], ids=["fused", "core"])
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["name"])
-def test_fused_op_reproduces_pinned_rows(vector):
-    token, weight = _op_rows(vector, ops.hash_rows)
-    expected_token, expected_weight = _expected(vector)
-    np.testing.assert_array_equal(token, expected_token)
-    np.testing.assert_array_equal(weight, expected_weight)
-    assert token.dtype == np.int64 and weight.shape == expected_weight.shape
-
-
-@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["name"])
-def test_core_path_reproduces_pinned_rows(vector):
-    token, weight = _op_rows(vector, core.hash_rows)
-    expected_token, expected_weight = _expected(vector)
-    np.testing.assert_array_equal(token, expected_token)
-    np.testing.assert_array_equal(weight, expected_weight)
+def test_implementation_reproduces_pinned_rows(vector, hash_rows):
+    _assert_pinned(vector, *_op_rows(vector, hash_rows))
 
 
 # XLA compiles are slow on CPU: a subset that covers salts, a vocabulary,
@@ -125,19 +118,13 @@ def test_core_path_reproduces_pinned_rows_under_xla(name):
     fn = tf.function(lambda ids: core.hash_rows(ids, Signature(**vector["signature"]),
                                                 vector["m"], vector["m_w"]),
                      jit_compile=True)
-    token, weight = fn(tf.constant(vector["ids"], tf.int64))
-    expected_token, expected_weight = _expected(vector)
-    np.testing.assert_array_equal(token.numpy(), expected_token)
-    np.testing.assert_array_equal(weight.numpy(), expected_weight)
+    _assert_pinned(vector, *fn(tf.constant(vector["ids"], tf.int64)))
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["name"])
 def test_numpy_uint64_hash_reproduces_pinned_rows(vector):
-    token, weight = reference.hash_rows_for(vector["ids"], Signature(**vector["signature"]),
-                                            vector["m"], vector["m_w"])
-    expected_token, expected_weight = _expected(vector)
-    np.testing.assert_array_equal(token, expected_token)
-    np.testing.assert_array_equal(weight, expected_weight)
+    _assert_pinned(vector, *reference.hash_rows_for(
+        vector["ids"], Signature(**vector["signature"]), vector["m"], vector["m_w"]))
 
 
 def test_known_values():
