@@ -384,6 +384,17 @@ inline void HashAndPrefetch(const LookupArgs<T>& a, const SaltKeys& salts,
   }
 }
 
+// Runs body(n) for every id n of [lo, hi), each id fetched (fetch(n):
+// hashed, its rows prefetched) kAhead ids before its body runs.
+template <typename Fetch, typename Body>
+inline void ForEachIdFetchedAhead(int64_t lo, int64_t hi, Fetch fetch, Body body) {
+  for (int64_t n = lo; n < std::min(hi, lo + kAhead); ++n) fetch(n);
+  for (int64_t n = lo; n < hi; ++n) {
+    if (n + kAhead < hi) fetch(n + kAhead);
+    body(n);
+  }
+}
+
 // Writes one output row. Float rows go out with streaming stores: the
 // output is written once and not read back, so it need not be fetched into
 // the cache first (that read would cost as much as the lookup's own).
@@ -446,9 +457,7 @@ struct LookupFunctor<CPUDevice, T> {
         HashAndPrefetch(a, salts, n, token_rows[n & (kRing - 1)],
                         weight_rows[n & (kRing - 1)]);
       };
-      for (int64_t n = id_lo; n < std::min(id_hi, id_lo + kAhead); ++n) fetch(n);
-      for (int64_t n = id_lo; n < id_hi; ++n) {
-        if (n + kAhead < id_hi) fetch(n + kAhead);
+      ForEachIdFetchedAhead(id_lo, id_hi, fetch, [&](int64_t n) {
         while (n >= bag_end) flush();
         const int64_t* rows = token_rows[n & (kRing - 1)];
         Alpha(s, a.weight_table, a.weight_width, weight_rows[n & (kRing - 1)], alpha);
@@ -457,7 +466,7 @@ struct LookupFunctor<CPUDevice, T> {
           AddScaledRow(acc.data(), a.token_table + rows[i] * d,
                        w * alpha[a.per_hash ? i : 0], d);
         }
-      }
+      });
       while (r < end) flush();  // the last bag, and trailing empty bags
 #if defined(__SSE__)
       _mm_sfence();  // streaming stores are visible before the op returns
@@ -500,9 +509,7 @@ struct LookupGradFunctor<CPUDevice, T> {
       auto fetch = [&](int64_t n) {
         HashAndPrefetch(a, salts, n, &token_rows[n * k], &weight_rows[n * kw]);
       };
-      for (int64_t n = id_lo; n < std::min(id_hi, id_lo + kAhead); ++n) fetch(n);
-      for (int64_t n = id_lo; n < id_hi; ++n) {
-        if (n + kAhead < id_hi) fetch(n + kAhead);
+      ForEachIdFetchedAhead(id_lo, id_hi, fetch, [&](int64_t n) {
         while (n >= bag_end) {
           ++r;
           RowBounds(a, r, &lo, &bag_end);
@@ -523,7 +530,7 @@ struct LookupGradFunctor<CPUDevice, T> {
           total += dot;
         }
         if (kw > 0 && !a.per_hash) dots[n] = coef * total;
-      }
+      });
     };
     const int64_t ids_per_row =
         a.num_rows > 0 ? std::max<int64_t>(1, n_ids / a.num_rows) : 1;
