@@ -11,6 +11,7 @@ Bad arguments and missing files end with one line on stderr and exit 2;
 a failed run ends with one line and exit 1.
 """
 import argparse
+import gc
 import json
 import os
 import sys
@@ -250,21 +251,28 @@ def main(argv=None):
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
                 "plan": _cmd_plan}
+    code = 0
     try:
         commands[args.command](args)
     except training.UsageError as e:
         print(f"memrec: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except (MalformedLineError, ValueError, OSError) as e:
         print(f"memrec: error: {e}", file=sys.stderr)
-        return 1
+        code = 1
     except tf.errors.OpError as e:
-        # A reader's error raised inside tf.data: keep its own first line.
         lines = [line for line in e.message.splitlines() if line.strip()]
-        reason = next((line for line in lines if "malformed line" in line), lines[0] if lines else e)
-        print(f"memrec: error: {str(reason).strip()}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"memrec: error: {lines[0].strip() if lines else type(e).__name__}",
+              file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("memrec: interrupted", file=sys.stderr)
+        code = 130
+    # The exception is gone; free what its traceback held now. A tf.data
+    # iterator freed at interpreter exit instead can wait forever for its
+    # prefetch thread, which can no longer take the GIL.
+    gc.collect()
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ model (under a tf.distribute strategy, resuming from its last checkpoint),
 model.
 """
 import dataclasses
+import gc
 import json
 import os
 import time
@@ -273,6 +274,38 @@ class _Throughput(keras.callbacks.Callback):
         return self.examples / self.seconds if self.seconds else 0.0
 
 
+def _reader_error(readers):
+    """The MalformedLineError a reader in "raise" mode stopped on, or None."""
+    for reader in readers:
+        stats = reader.stats
+        if reader.on_error == "raise" and stats.rows_rejected and not stats.complete:
+            reject = stats.rejects[-1]
+            return data_lib.MalformedLineError(reject.path, reject.line, reject.reason)
+    return None
+
+
+def _reading(readers, run, *args, **kwargs):
+    """`run(*args, **kwargs)`, which reads `readers`' datasets (fit, evaluate).
+
+    A reader in "raise" mode stops on a bad line by raising inside its
+    Python generator; tf.data hands that on as a `tf.errors.OpError`. This
+    raises the reader's own `MalformedLineError` instead. First it drops the
+    OpError and collects the garbage: the OpError's traceback holds the
+    tf.data iterator, whose prefetch thread may still be calling the
+    generator. Left to be freed at interpreter exit, that iterator waits
+    forever for the thread, which can no longer take the GIL, and the
+    process hangs after the error.
+    """
+    try:
+        return run(*args, **kwargs)
+    except tf.errors.OpError:
+        error = _reader_error(readers)
+        if error is None:
+            raise
+    gc.collect()
+    raise error
+
+
 def _read_stats(readers):
     rows_read = sum(r.stats.rows_read for r in readers)
     rejected = sum(r.stats.rows_rejected for r in readers)
@@ -317,19 +350,22 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     backup_dir = os.path.join(output, "backup")
     if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
         start = time.perf_counter()
-        throughput.examples = _fit_multi_worker(model, strategy_obj, source.train(global_batch),
-                                                global_batch, epochs, backup_dir)
+        throughput.examples = _reading(source.readers, _fit_multi_worker, model, strategy_obj,
+                                       source.train(global_batch), global_batch, epochs,
+                                       backup_dir)
         throughput.seconds = time.perf_counter() - start
     else:
-        model.fit(source.train(global_batch), epochs=epochs, verbose=verbose, shuffle=False,
-                  callbacks=[throughput, keras.callbacks.BackupAndRestore(backup_dir),
-                             *callbacks])
+        _reading(source.readers, model.fit, source.train(global_batch), epochs=epochs,
+                 verbose=verbose, shuffle=False,
+                 callbacks=[throughput, keras.callbacks.BackupAndRestore(backup_dir), *callbacks])
     metrics = {"auc": None, "logloss": None}
     if source.eval is not None:
         if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
-            metrics.update(_evaluate_locally(model, source.eval(global_batch)))
+            metrics.update(_reading(source.readers, _evaluate_locally, model,
+                                    source.eval(global_batch)))
         else:
-            metrics.update(_evaluate(model, source.eval(global_batch), verbose))
+            metrics.update(_reading(source.readers, _evaluate, model, source.eval(global_batch),
+                                    verbose))
     metrics.update(embedding_bytes=int(report.bytes), full_embedding_bytes=int(report.full_bytes),
                    compression=float(report.full_bytes / report.bytes),
                    examples_per_second=throughput.examples_per_second,
@@ -443,7 +479,7 @@ def evaluate(model_dir, data_options=None, batch_size=None, verbose=1):
     if source.eval is None:
         raise UsageError("--data FILE is required to evaluate on this format")
     report = models_lib.embedding_report(model)
-    metrics = _evaluate(model, source.eval(batch_size), verbose)
+    metrics = _reading(source.readers, _evaluate, model, source.eval(batch_size), verbose)
     metrics.update(embedding_bytes=int(report.bytes),
                    full_embedding_bytes=int(report.full_bytes),
                    data=_read_stats(source.readers))

@@ -1,4 +1,5 @@
 """The `memrec` command and the training module: formats, errors, strategies, resume."""
+import gc
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from memrec_tf import cli, planning, training
+from memrec_tf.data import MalformedLineError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--synthetic-preset", "tiny", "--synthetic-rows", "16384", "--synthetic-eval-rows",
@@ -90,6 +92,32 @@ def test_criteo_raise_mode_stops_with_file_and_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("memrec: error:") and "bad.tsv" in last and "line 6" in last
     assert "Traceback" not in result.stderr
+
+
+def test_train_raise_mode_leaves_no_tf_data_iterator_behind(tmp_path):
+    # The reader's error surfaces as its own MalformedLineError, and the
+    # iterator that was reading is already freed: freed at interpreter exit
+    # instead, it can hang the process (the CLI test above timed out so).
+    from tensorflow.python.data.ops.iterator_ops import OwnedIterator
+
+    lines = _criteo_lines(50)
+    lines[5] = "0\t1\t2"
+    path = tmp_path / "bad.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    options = training.DataOptions(format="criteo", train=str(path), on_error="raise",
+                                   cardinalities=[64] * 26)
+    gc.collect()
+    gc.disable()  # only the code under test may collect
+    try:
+        with pytest.raises(MalformedLineError) as info:
+            training.train(options, str(tmp_path / "run"), batch_size=16, verbose=0)
+        assert (info.value.path, info.value.line) == (str(path), 6)
+        assert "expected 40" in info.value.reason
+        del info
+        alive = [o for o in gc.get_objects() if isinstance(o, OwnedIterator)]
+    finally:
+        gc.enable()
+    assert alive == []
 
 
 def test_libfm_and_csv_formats(tmp_path):
