@@ -8,6 +8,7 @@ plain `python -m pytest tests` covers both. The child can also be run by hand:
 
     TF_USE_LEGACY_KERAS=1 python -m pytest tests/test_layer.py -k "not legacy_subprocess"
 """
+import gc
 import os
 
 # Quiet TensorFlow's C++ start-up logging; must precede the first import.
@@ -33,6 +34,13 @@ def current_keras_mode():
 
 def pytest_report_header(config):
     return f"memrec_tf keras mode: {current_keras_mode()} ({LEGACY_ENV}={os.environ.get(LEGACY_ENV)})"
+
+
+def pytest_unconfigure(config):
+    # Free the tf.data iterators that tests' exceptions held while TensorFlow's
+    # threads can still take the GIL; freed at interpreter exit, one whose
+    # prefetch thread is inside a Python generator hangs the process.
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

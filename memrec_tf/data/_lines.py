@@ -251,6 +251,11 @@ class LineReader:
         Each iteration (epoch) re-reads the files and resets `stats`. An error
         raised in "raise" mode surfaces as a `tf.errors.OpError` whose message
         includes the `MalformedLineError` text (file, line number, problem).
+        Let that error and its traceback go (or call `gc.collect()`) before
+        the program exits: the traceback holds the iterator, whose prefetch
+        thread may still be in the Python generator, and TensorFlow cannot
+        free such an iterator at interpreter exit (the process hangs).
+        `memrec_tf.training` does this and raises the `MalformedLineError`.
 
         Args:
           prefetch: Append `.prefetch(tf.data.AUTOTUNE)`.
