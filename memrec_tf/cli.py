@@ -86,8 +86,8 @@ def _data_options(args, eval_file=None):
 
 
 def build_parser():
-    from memrec_tf.models import METHODS, MODELS
-    from memrec_tf.training import STRATEGIES
+    from memrec_tf.models import MODELS
+    from memrec_tf.training import EMBEDDINGS, STRATEGIES
 
     parser = _Parser(prog="memrec", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -96,7 +96,10 @@ def build_parser():
     _add_data_args(p, "--train")
     p.add_argument("--eval", metavar="FILE", help="evaluation data (AUC, log loss)")
     p.add_argument("--model", choices=MODELS, default="dlrm")
-    p.add_argument("--embedding", choices=METHODS, default="memrec")
+    p.add_argument("--embedding", choices=EMBEDDINGS, default="memrec",
+                   help="memrec_vocabulary(_head): count the training file's values and map "
+                        "raw ids to dense indices by frequency inside the model (see memrec "
+                        "plan)")
     p.add_argument("--embedding-dim", type=_positive(int), default=16)
     p.add_argument("--compression", type=_positive(float), default=16.0,
                    help="size the embedding to full-table bytes / this (default 16)")
@@ -172,10 +175,10 @@ def _cmd_train(args):
     overrides = {"num_token_rows": args.num_token_rows, "num_weight_rows": args.num_weight_rows,
                  "num_hashes": args.num_hashes, "num_weight_hashes": args.num_weight_hashes,
                  "weight_mode": args.weight_mode}
-    if args.embedding not in ("memrec", "memrec_per_feature") and any(
-            v is not None for v in overrides.values()):
+    memrec_methods = ("memrec", "memrec_per_feature", *training.VOCABULARY_METHODS)
+    if args.embedding not in memrec_methods and any(v is not None for v in overrides.values()):
         raise training.UsageError("--num-token-rows, --num-hashes and the other MEM-REC sizes "
-                                  "apply only to --embedding memrec / memrec_per_feature")
+                                  f"apply only to --embedding {' / '.join(memrec_methods)}")
     if args.format != "synthetic" and args.data_file is None:
         raise training.UsageError(f"--format {args.format} needs --train FILE")
     metrics = training.train(
@@ -216,9 +219,7 @@ def _cmd_export(args):
 
 
 def _cmd_plan(args):
-    import numpy as np
-
-    from memrec_tf import planning, training
+    from memrec_tf import models, planning, training
 
     cards, value_counts = args.cardinalities, None
     if cards is None:
@@ -227,10 +228,10 @@ def _cmd_plan(args):
         options = training.DataOptions(format=args.format, train=args.data, columns=args.columns,
                                        delimiter=args.delimiter, libfm_fields=args.libfm_fields)
         counted = training.count_values(training.training_reader(options, 8192))
-        cards = [max(1, len(values)) for values, _ in counted]
-        value_counts = np.concatenate([counts for _, counts in counted])
-        if len(value_counts) != sum(cards):  # a column with no values counts as one
-            value_counts = None
+        # As `memrec train --embedding memrec_vocabulary*` sizes its layer: the
+        # counted values plus one out-of-vocabulary index per feature.
+        cards = models.column_cardinalities(counted)
+        value_counts = models.frequency_index(counted)[3]
     plan = planning.plan(cards, args.embedding_dim, budget=args.budget_bytes,
                          compression=None if args.budget_bytes else args.compression,
                          num_hashes=args.num_hashes, value_counts=value_counts)

@@ -90,9 +90,14 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
             "recommended": recommended, "methods": methods}
 
 
+def head_rows(token_rows, vocabulary_size):
+    """The head rows given to a vocabulary signature of `token_rows` token rows."""
+    return min(int(HEAD_FRACTION * token_rows), vocabulary_size)
+
+
 def _head_method(counts, vocab, embedding_dim, budget, compression, num_hashes, token_rows):
     """The vocabulary signature with HEAD_FRACTION of its token rows as head rows."""
-    head = min(int(HEAD_FRACTION * token_rows), vocab)
+    head = head_rows(token_rows, vocab)
     if head < 1:
         return None
     try:
@@ -129,7 +134,7 @@ def format_plan(p):
     lines.append("recommended: MemRecEmbedding(" + ", ".join(
         f"{k}={v}" for k, v in rec["options"].items()) + tail)
     if rec["method"] != "memrec":
-        lines.append("  (for ids mapped to dense indices ordered by training count, e.g. with "
-                     "memrec_tf.data.frequency_order; `memrec train` reads raw ids and trains "
-                     "the hashed `memrec` row above)")
+        lines.append(f"  (for dense indices ordered by training count: `memrec train --embedding "
+                     f"{rec['method']}` counts the training file and maps raw ids to them inside "
+                     "the model; in Python, memrec_tf.data.frequency_order)")
     return "\n".join(lines)

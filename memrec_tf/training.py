@@ -18,11 +18,17 @@ import tensorflow as tf
 
 from memrec_tf import data as data_lib
 from memrec_tf import models as models_lib
+from memrec_tf import planning
 
 keras = tf.keras
 
 FORMATS = ("synthetic", "criteo", "libfm", "csv")
 STRATEGIES = ("default", "mirrored", "multi-worker")
+# `memrec plan`'s vocabulary configurations: the shared MEM-REC layer over
+# dense indices that the model maps raw ids to by training frequency
+# (models.VocabularyEmbedding), without and with head rows.
+VOCABULARY_METHODS = ("memrec_vocabulary", "memrec_vocabulary_head")
+EMBEDDINGS = models_lib.METHODS + VOCABULARY_METHODS
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -239,6 +245,31 @@ def embedding_options(method, embedding_dim, cardinalities, compression, overrid
     return options
 
 
+def vocabulary_options(method, embedding_dim, vocabulary, compression, overrides):
+    """Options of the MEM-REC layer behind a vocabulary method, sized as `memrec plan` does.
+
+    Args:
+      method: one of VOCABULARY_METHODS.
+      vocabulary: per feature, `(values, counts)` (`count_values`).
+    """
+    size = sum(models_lib.column_cardinalities(vocabulary))
+    kwargs = {k: overrides[k] for k in ("num_hashes", "num_weight_hashes", "weight_mode")
+              if overrides.get(k) is not None}
+    try:
+        config = models_lib.memrec_config(embedding_dim, vocabulary_size=size,
+                                          compression=compression, **kwargs)
+        if method == "memrec_vocabulary_head":
+            head = planning.head_rows(config.options["num_token_rows"], size)
+            config = models_lib.memrec_config(embedding_dim, vocabulary_size=size,
+                                              compression=compression, num_head_rows=head,
+                                              **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    options = dict(config.options)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return options
+
+
 OPTIMIZERS = {"adam": lambda lr: keras.optimizers.Adam(lr),
               "adagrad": lambda lr: keras.optimizers.Adagrad(lr),
               "sgd": lambda lr: keras.optimizers.SGD(lr)}
@@ -322,28 +353,46 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
 
     Interrupted training resumes from `output/backup` (Keras'
     BackupAndRestore) and reaches the weights of an uninterrupted run.
-    `callbacks` are added after the checkpointing one.
+    `callbacks` are added after the checkpointing one. `embedding` is one
+    of EMBEDDINGS; the VOCABULARY_METHODS first count the training file's
+    values, and the model maps raw ids to indices by training count itself.
 
     Returns:
       The metrics dict (also written to `output/metrics.json`).
     """
+    if embedding in VOCABULARY_METHODS and data_options.format == "synthetic":
+        raise UsageError(f"--embedding {embedding} counts the values of a --train file; "
+                         "the synthetic format has none")
     os.makedirs(output, exist_ok=True)
     # Same seed, same initial weights: a resumed run and an uninterrupted one
     # start alike.
     keras.utils.set_random_seed(data_options.seed)
     strategy_obj = make_strategy(strategy)
     global_batch = batch_size * strategy_obj.num_replicas_in_sync
+    overrides = dict(embedding_overrides or {})
+    vocabulary = None
+    if embedding in VOCABULARY_METHODS:
+        vocabulary = count_values(training_reader(data_options, global_batch))
+        # The count gives the cardinalities too: no second pass.
+        data_options = dataclasses.replace(
+            data_options, cardinalities=[max(1, len(values)) for values, _ in vocabulary])
     source = make_source(data_options, global_batch)
     if source.train is None:
         raise UsageError("--train FILE is required for this format")
-    overrides = dict(embedding_overrides or {})
-    options = embedding_options(embedding, embedding_dim, source.cardinalities, compression,
-                                overrides)
-    spec = {"num_dense": source.num_dense, "cardinalities": source.cardinalities}
+    if vocabulary is not None:
+        cardinalities = models_lib.column_cardinalities(vocabulary)
+        options = vocabulary_options(embedding, embedding_dim, vocabulary, compression,
+                                     overrides)
+    else:
+        cardinalities = source.cardinalities
+        options = embedding_options(embedding, embedding_dim, cardinalities, compression,
+                                    overrides)
+    spec = {"num_dense": source.num_dense, "cardinalities": cardinalities}
     with strategy_obj.scope():
-        model = models_lib.build_model(model_kind, spec, embedding=embedding,
+        model = models_lib.build_model(model_kind, spec,
+                                       embedding="memrec" if vocabulary else embedding,
                                        embedding_options=options, embedding_dim=embedding_dim,
-                                       seed=data_options.seed)
+                                       seed=data_options.seed, vocabulary=vocabulary)
         compile_model(model, learning_rate, optimizer)
     report = models_lib.embedding_report(model)
     throughput = _Throughput(global_batch)
@@ -371,6 +420,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                    examples_per_second=throughput.examples_per_second,
                    model=model_kind, embedding=embedding, embedding_options=options,
                    num_replicas=strategy_obj.num_replicas_in_sync,
+                   vocabulary_mapping_bytes=sum(getattr(layer, "mapping_bytes", 0)
+                                                for layer in models_lib.embedding_layers(model)),
                    data=_read_stats(source.readers))
     if _is_chief():
         model.save(os.path.join(output, MODEL_FILE))

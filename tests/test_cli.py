@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from memrec_tf import cli, planning, training
+from memrec_tf import export as export_lib
 from memrec_tf.data import MalformedLineError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,7 +194,8 @@ def test_plan_counts_values_and_proposes_head_rows(tmp_path, capsys):
     args = ["plan", "--format", "libfm", "--libfm-fields", "2", "--data", str(path), "--json"]
     assert cli.main([*args, "--compression", "4"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["vocabulary_size"] == len(counts)
+    # The counted values and one out-of-vocabulary index per feature.
+    assert plan["vocabulary_size"] == len(counts) + 2
     head = plan["methods"]["memrec_vocabulary_head"]
     rows = head["options"]["num_head_rows"]
     assert rows == int(planning.HEAD_FRACTION * head["options"]["num_token_rows"])
@@ -208,6 +210,53 @@ def test_plan_counts_values_and_proposes_head_rows(tmp_path, capsys):
     # Without counts (cardinalities only) there is no head-row entry.
     assert cli.main(["plan", "--cardinalities", "40,300", "--compression", "4", "--json"]) == 0
     assert "memrec_vocabulary_head" not in json.loads(capsys.readouterr().out)["methods"]
+
+
+def test_train_vocabulary_head_as_planned_then_evaluate_and_export(tmp_path, capsys):
+    # The plan's recommended configuration trains from raw ids as planned; the
+    # model maps them itself, so the built-in-ops export serves raw ids.
+    rng = np.random.default_rng(4)
+    lines = []
+    for _ in range(3000):
+        a, b = min(int(rng.zipf(1.5)) - 1, 39), 40 + int(rng.integers(0, 300))
+        lines.append(f"{int((a % 3 == 0) ^ (rng.random() < 0.1))} {a}:1 {b}:1\n")
+    path = tmp_path / "train.libfm"
+    path.write_text("".join(lines))
+    data = ["--format", "libfm", "--libfm-fields", "2"]
+    assert cli.main(["plan", *data, "--data", str(path), "--compression", "4", "--json"]) == 0
+    recommended = json.loads(capsys.readouterr().out)["recommended"]
+    assert recommended["method"] == "memrec_vocabulary_head"
+    out = tmp_path / "run"
+    assert cli.main(["train", *data, "--train", str(path), "--eval", str(path), "--compression",
+                     "4", "--embedding", "memrec_vocabulary_head", "--epochs", "3",
+                     "--batch-size", "64", "--learning-rate", "0.01", "--quiet",
+                     "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    planned = dict(recommended["options"])
+    assert metrics["embedding_options"] == {k: v for k, v in planned.items()
+                                            if k != "vocabulary_size"}
+    assert metrics["full_embedding_bytes"] == planned["vocabulary_size"] * 16 * 4
+    assert metrics["vocabulary_mapping_bytes"] == 8 * (2 * (planned["vocabulary_size"] - 2) + 2)
+    assert metrics["auc"] > 0.8  # the label is a function of feature 0's value
+    again = training.evaluate(str(out), verbose=0)
+    assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+    export_dir = tmp_path / "export"
+    assert cli.main(["export", "--model-dir", str(out), "--output", str(export_dir),
+                     "--mode", "core"]) == 0
+    assert export_lib.memrec_op_types(str(export_dir)) == set()
+    serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    ids = np.array([[0, 40], [39, 339], [10**12, -5]], np.int64)  # the last row unseen
+    (served,) = serve(categorical=tf.constant(ids)).values()
+    model = training.load_model(str(out))
+    np.testing.assert_allclose(served.numpy(), model({"categorical": ids}).numpy(), atol=1e-6)
+
+
+def test_vocabulary_embedding_needs_a_training_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--embedding", "memrec_vocabulary",
+                     "--output", str(out)]) == 2
+    assert "synthetic format has none" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_plan_rejects_counts_that_do_not_match_the_cardinalities():

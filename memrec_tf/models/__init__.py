@@ -20,13 +20,16 @@ from memrec_tf.models.embeddings import (METHODS, CategoricalEmbedding, Embeddin
                                          PerFeatureMemRecEmbedding, QREmbedding,
                                          SharedMemRecEmbedding, make_embedding)
 from memrec_tf.models.features import FeatureSpec
+from memrec_tf.models.vocabulary_embedding import (VocabularyEmbedding, VocabularyLookup,
+                                                   column_cardinalities, frequency_index,
+                                                   vocabulary_embedding)
 
 MODELS = ("dlrm", "dcn")
 _BUILDERS = {"dlrm": build_dlrm, "dcn": build_dcn}
 
 
 def build_model(kind, feature_spec, embedding="memrec", embedding_options=None,
-                embedding_dim=16, seed=0, **model_options):
+                embedding_dim=16, seed=0, vocabulary=None, **model_options):
     """A DLRM or DCN-v2 over a spec's features with the chosen embedding.
 
     Args:
@@ -40,6 +43,11 @@ def build_model(kind, feature_spec, embedding="memrec", embedding_options=None,
         num_rows, qr remainder_rows, full none.
       embedding_dim: d.
       seed: seeds the embedding's hashes.
+      vocabulary: optional per-feature `(values, counts)` of the training
+        ids (`memrec_tf.training.count_values`): the model then maps raw ids
+        to dense indices by training frequency itself (`VocabularyEmbedding`)
+        and the embedding reads those; feature_spec's cardinalities must be
+        `column_cardinalities(vocabulary)`.
       **model_options: those of `build_dlrm` (bottom_mlp, top_mlp) or
         `build_dcn` (num_cross_layers, projection_dim, deep_layers,
         structure).
@@ -54,8 +62,16 @@ def build_model(kind, feature_spec, embedding="memrec", embedding_options=None,
     if kind not in _BUILDERS:
         raise ValueError(f"kind must be one of {MODELS}, got {kind!r}")
     spec = FeatureSpec.from_any(feature_spec)
-    layer = make_embedding(embedding, spec, embedding_dim, seed=seed,
-                           **dict(embedding_options or {}))
+    if vocabulary is not None:
+        if list(spec.cardinalities) != column_cardinalities(vocabulary):
+            raise ValueError("with a vocabulary, the cardinalities must be its values + 1 per "
+                             f"feature, {column_cardinalities(vocabulary)}; got "
+                             f"{list(spec.cardinalities)}")
+        layer = vocabulary_embedding(embedding, vocabulary, embedding_dim, seed=seed,
+                                     **dict(embedding_options or {}))
+    else:
+        layer = make_embedding(embedding, spec, embedding_dim, seed=seed,
+                               **dict(embedding_options or {}))
     return _BUILDERS[kind](spec, layer, **model_options)
 
 
@@ -88,6 +104,8 @@ def embedding_report(model):
 __all__ = ["METHODS", "MODELS", "BudgetConfig", "CategoricalEmbedding", "CrossLayer",
            "DotInteraction", "EmbeddingBytes", "FeatureSpec", "FullEmbedding",
            "HashingEmbedding", "PerFeatureMemRecEmbedding", "QREmbedding",
-           "SharedMemRecEmbedding", "budget_configs", "build_dcn", "build_dlrm", "build_model",
+           "SharedMemRecEmbedding", "VocabularyEmbedding", "VocabularyLookup",
+           "budget_configs", "column_cardinalities", "frequency_index", "build_dcn", "build_dlrm", "build_model",
            "embedding_layers", "embedding_report", "full_config", "hashing_config",
-           "make_embedding", "memrec_config", "memrec_per_feature_config", "qr_config"]
+           "make_embedding", "memrec_config", "memrec_per_feature_config", "qr_config",
+           "vocabulary_embedding"]
