@@ -97,9 +97,8 @@ def build_parser():
     p.add_argument("--eval", metavar="FILE", help="evaluation data (AUC, log loss)")
     p.add_argument("--model", choices=MODELS, default="dlrm")
     p.add_argument("--embedding", choices=EMBEDDINGS, default="memrec",
-                   help="memrec_vocabulary(_head): count the training file's values and map "
-                        "raw ids to dense indices by frequency inside the model (see memrec "
-                        "plan)")
+                   help="*_vocabulary*: count the training file's values and map raw ids to "
+                        "dense indices by frequency inside the model (see memrec plan)")
     p.add_argument("--embedding-dim", type=_positive(int), default=16)
     p.add_argument("--compression", type=_positive(float), default=16.0,
                    help="size the embedding to full-table bytes / this (default 16)")
@@ -175,7 +174,8 @@ def _cmd_train(args):
     overrides = {"num_token_rows": args.num_token_rows, "num_weight_rows": args.num_weight_rows,
                  "num_hashes": args.num_hashes, "num_weight_hashes": args.num_weight_hashes,
                  "weight_mode": args.weight_mode}
-    memrec_methods = ("memrec", "memrec_per_feature", *training.VOCABULARY_METHODS)
+    memrec_methods = ("memrec", "memrec_per_feature", "memrec_vocabulary",
+                      "memrec_vocabulary_head")
     if args.embedding not in memrec_methods and any(v is not None for v in overrides.values()):
         raise training.UsageError("--num-token-rows, --num-hashes and the other MEM-REC sizes "
                                   f"apply only to --embedding {' / '.join(memrec_methods)}")

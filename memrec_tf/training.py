@@ -24,11 +24,14 @@ keras = tf.keras
 
 FORMATS = ("synthetic", "criteo", "libfm", "csv")
 STRATEGIES = ("default", "mirrored", "multi-worker")
-# `memrec plan`'s vocabulary configurations: the shared MEM-REC layer over
-# dense indices that the model maps raw ids to by training frequency
-# (models.VocabularyEmbedding), without and with head rows.
-VOCABULARY_METHODS = ("memrec_vocabulary", "memrec_vocabulary_head")
-EMBEDDINGS = models_lib.METHODS + VOCABULARY_METHODS
+# Embeddings of dense indices that the model maps raw ids to by training
+# frequency (models.VocabularyEmbedding), by the method that reads them:
+# `memrec plan`'s vocabulary configurations (the shared MEM-REC layer,
+# without and with head rows), and the collision-free baselines of the
+# accuracy benchmarks (one QR pair, one full table of all counted values).
+VOCABULARY_METHODS = {"memrec_vocabulary": "memrec", "memrec_vocabulary_head": "memrec",
+                      "qr_vocabulary": "qr", "full_vocabulary": "full"}
+EMBEDDINGS = models_lib.METHODS + tuple(VOCABULARY_METHODS)
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -246,16 +249,22 @@ def embedding_options(method, embedding_dim, cardinalities, compression, overrid
 
 
 def vocabulary_options(method, embedding_dim, vocabulary, compression, overrides):
-    """Options of the MEM-REC layer behind a vocabulary method, sized as `memrec plan` does.
+    """Options of the layer behind a vocabulary method; MEM-REC sized as `memrec plan` does.
 
     Args:
       method: one of VOCABULARY_METHODS.
       vocabulary: per feature, `(values, counts)` (`count_values`).
     """
     size = sum(models_lib.column_cardinalities(vocabulary))
+    inner = VOCABULARY_METHODS[method]
+    if inner == "full":
+        return {}
     kwargs = {k: overrides[k] for k in ("num_hashes", "num_weight_hashes", "weight_mode")
               if overrides.get(k) is not None}
     try:
+        if inner == "qr":
+            return dict(models_lib.qr_config(embedding_dim, vocabulary_size=size,
+                                             compression=compression).options)
         config = models_lib.memrec_config(embedding_dim, vocabulary_size=size,
                                           compression=compression, **kwargs)
         if method == "memrec_vocabulary_head":
@@ -390,7 +399,7 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     spec = {"num_dense": source.num_dense, "cardinalities": cardinalities}
     with strategy_obj.scope():
         model = models_lib.build_model(model_kind, spec,
-                                       embedding="memrec" if vocabulary else embedding,
+                                       embedding=VOCABULARY_METHODS.get(embedding, embedding),
                                        embedding_options=options, embedding_dim=embedding_dim,
                                        seed=data_options.seed, vocabulary=vocabulary)
         compile_model(model, learning_rate, optimizer)

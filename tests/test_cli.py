@@ -251,6 +251,31 @@ def test_train_vocabulary_head_as_planned_then_evaluate_and_export(tmp_path, cap
     np.testing.assert_allclose(served.numpy(), model({"categorical": ids}).numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("embedding", ["full_vocabulary", "qr_vocabulary"])
+def test_collision_free_baselines_from_raw_ids(tmp_path, embedding):
+    rng = np.random.default_rng(5)
+    values = [rng.choice(10**9, 30, replace=False), rng.choice(10**9, 70, replace=False)]
+    rows = [(rng.integers(0, 2), rng.choice(values[0]), rng.choice(values[1]))
+            for _ in range(400)]
+    path = tmp_path / "train.csv"
+    path.write_text("click,a,b\n" + "".join(f"{y},{a},{b}\n" for y, a, b in rows))
+    out = tmp_path / "run"
+    assert cli.main(["train", "--format", "csv", "--columns", "label=click,categorical=a,b",
+                     "--train", str(path), "--eval", str(path), "--embedding", embedding,
+                     "--compression", "4", "--batch-size", "64", "--quiet",
+                     "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The counted values and an OOV index per feature.
+    vocab = len({a for _, a, _ in rows}) + len({b for _, _, b in rows}) + 2
+    assert metrics["full_embedding_bytes"] == vocab * 16 * 4
+    if embedding == "full_vocabulary":
+        assert metrics["embedding_bytes"] == metrics["full_embedding_bytes"]
+    else:
+        rows = metrics["embedding_options"]["remainder_rows"]
+        assert rows * metrics["embedding_options"]["quotient_rows"] >= vocab
+        assert metrics["embedding_bytes"] <= metrics["full_embedding_bytes"] / 4
+
+
 def test_vocabulary_embedding_needs_a_training_file(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", *TINY, "--embedding", "memrec_vocabulary",
