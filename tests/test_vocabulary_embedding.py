@@ -61,6 +61,9 @@ def test_bad_vocabularies_are_refused():
     lookup = models.VocabularyLookup([2, 1])
     with pytest.raises(ValueError, match=r"keys has shape \(2,\), expected \(3,\)"):
         lookup.set_vocabulary([1, 2], [0, 1, 2], [3, 4])
+    for shape in ([4, 3], [4], [4, 2, 1]):  # no column is dropped or invented
+        with pytest.raises(ValueError, match=r"needs ids \[batch, 2\]"):
+            lookup(tf.zeros(shape, tf.int64))
     spec = models.FeatureSpec(0, [4, 2])
     with pytest.raises(ValueError, match="the cardinalities must be its values"):
         models.build_model("dlrm", spec, "memrec", {"num_token_rows": 8},

@@ -123,6 +123,10 @@ class VocabularyLookup(keras.layers.Layer):
         return 8 * (2 * sum(self.column_sizes) + len(self.column_sizes))
 
     def call(self, ids):
+        ids = tf.convert_to_tensor(ids)
+        if ids.shape.rank != 2 or ids.shape[-1] != len(self.column_sizes):
+            raise ValueError(f"VocabularyLookup needs ids [batch, {len(self.column_sizes)}] "
+                             f"(one column per feature), got shape {ids.shape}")
         ids = tf.cast(ids, tf.int64)
         columns, start = [], 0
         for j, size in enumerate(self.column_sizes):
