@@ -122,8 +122,16 @@ def frequency_order(train_index: np.ndarray, vocabulary_size: int) -> np.ndarray
     if index.size and (index.min() < 0 or index.max() >= vocabulary_size):
         bad = index[(index < 0) | (index >= vocabulary_size)][0]
         raise ValueError(f"train_index holds {bad}, outside [0, {vocabulary_size})")
-    counts = np.bincount(index, minlength=vocabulary_size)
-    order = np.lexsort((np.arange(vocabulary_size), -counts))  # old ids, most frequent first
-    new = np.empty(vocabulary_size, np.int64)
-    new[order] = np.arange(vocabulary_size, dtype=np.int64)
+    return rank_by_count(np.bincount(index, minlength=vocabulary_size))
+
+
+def rank_by_count(counts: np.ndarray) -> np.ndarray:
+    """int64 `new` with `new[i]` the rank of index i by descending `counts[i]`.
+
+    Ties go by ascending index, so the order is deterministic.
+    """
+    counts = np.asarray(counts, np.int64)
+    order = np.lexsort((np.arange(len(counts)), -counts))  # old ids, most frequent first
+    new = np.empty(len(counts), np.int64)
+    new[order] = np.arange(len(counts), dtype=np.int64)
     return new

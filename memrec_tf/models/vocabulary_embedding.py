@@ -20,6 +20,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from memrec_tf.data.vocab import rank_by_count
 from memrec_tf.models import features
 from memrec_tf.models.embedding_base import CategoricalEmbedding
 
@@ -55,15 +56,12 @@ def frequency_index(counted: Sequence[Tuple[np.ndarray, np.ndarray]]):
         keys.append(values)
         old_counts.append(np.concatenate([[0], counts]))  # the feature's OOV index first
     old_counts = np.concatenate(old_counts) if old_counts else np.zeros(0, np.int64)
-    size = len(old_counts)
-    order = np.lexsort((np.arange(size), -old_counts))  # old indices, most frequent first
-    new = np.empty(size, np.int64)
-    new[order] = np.arange(size, dtype=np.int64)
+    new = rank_by_count(old_counts)
     starts = np.cumsum([0] + [len(k) + 1 for k in keys])[:-1]
     oov = new[starts]
     indices = np.concatenate([new[s + 1:s + 1 + len(k)] for s, k in zip(starts, keys)]
                              or [np.zeros(0, np.int64)])
-    counts = np.empty(size, np.int64)
+    counts = np.empty(len(new), np.int64)
     counts[new] = old_counts
     return (np.concatenate(keys or [np.zeros(0, np.int64)]), indices, oov, counts)
 
