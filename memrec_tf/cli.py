@@ -174,8 +174,8 @@ def _cmd_train(args):
     overrides = {"num_token_rows": args.num_token_rows, "num_weight_rows": args.num_weight_rows,
                  "num_hashes": args.num_hashes, "num_weight_hashes": args.num_weight_hashes,
                  "weight_mode": args.weight_mode}
-    memrec_methods = ("memrec", "memrec_per_feature", "memrec_vocabulary",
-                      "memrec_vocabulary_head")
+    memrec_methods = ("memrec", "memrec_per_feature", *(
+        name for name, inner in training.VOCABULARY_METHODS.items() if inner == "memrec"))
     if args.embedding not in memrec_methods and any(v is not None for v in overrides.values()):
         raise training.UsageError("--num-token-rows, --num-hashes and the other MEM-REC sizes "
                                   f"apply only to --embedding {' / '.join(memrec_methods)}")

@@ -154,7 +154,12 @@ def count_cardinalities(reader, limit=50_000_000):
     Raises:
       UsageError: see `count_values`.
     """
-    return [max(1, len(values)) for values, _ in count_values(reader, limit)]
+    return counted_cardinalities(count_values(reader, limit))
+
+
+def counted_cardinalities(counted):
+    """Distinct values per column of `count_values`' result (a column with none counts 1)."""
+    return [max(1, len(values)) for values, _ in counted]
 
 
 def training_reader(options, batch_size):
@@ -225,8 +230,15 @@ def make_strategy(name):
     raise UsageError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
 
 
-def embedding_options(method, embedding_dim, cardinalities, compression, overrides):
-    """The embedding layer's options: sized to 1/compression, then overridden."""
+def embedding_options(method, embedding_dim, cardinalities, compression, overrides,
+                      vocabulary_size=0, head_rows=False):
+    """The embedding layer's options: sized to 1/compression, then overridden.
+
+    With `vocabulary_size`, the layer reads that many global dense indices
+    (the cardinalities are not used); `head_rows` then gives a MEM-REC
+    layer `planning.head_rows` of its token rows as head rows, as
+    `memrec plan` sizes its head-row configuration.
+    """
     if method == "full":
         return {}
     sizers = {"memrec": models_lib.memrec_config,
@@ -239,39 +251,15 @@ def embedding_options(method, embedding_dim, cardinalities, compression, overrid
         for key in ("num_hashes", "num_weight_hashes", "weight_mode"):
             if overrides.get(key) is not None:
                 kwargs[key] = overrides[key]
+
+    def size(**extra):
+        return sizers[method](embedding_dim, cardinalities, vocabulary_size=vocabulary_size,
+                              compression=compression, **kwargs, **extra)
     try:
-        config = sizers[method](embedding_dim, cardinalities, compression=compression, **kwargs)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    options = dict(config.options)
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    return options
-
-
-def vocabulary_options(method, embedding_dim, vocabulary, compression, overrides):
-    """Options of the layer behind a vocabulary method; MEM-REC sized as `memrec plan` does.
-
-    Args:
-      method: one of VOCABULARY_METHODS.
-      vocabulary: per feature, `(values, counts)` (`count_values`).
-    """
-    size = sum(models_lib.column_cardinalities(vocabulary))
-    inner = VOCABULARY_METHODS[method]
-    if inner == "full":
-        return {}
-    kwargs = {k: overrides[k] for k in ("num_hashes", "num_weight_hashes", "weight_mode")
-              if overrides.get(k) is not None}
-    try:
-        if inner == "qr":
-            return dict(models_lib.qr_config(embedding_dim, vocabulary_size=size,
-                                             compression=compression).options)
-        config = models_lib.memrec_config(embedding_dim, vocabulary_size=size,
-                                          compression=compression, **kwargs)
-        if method == "memrec_vocabulary_head":
-            head = planning.head_rows(config.options["num_token_rows"], size)
-            config = models_lib.memrec_config(embedding_dim, vocabulary_size=size,
-                                              compression=compression, num_head_rows=head,
-                                              **kwargs)
+        config = size()
+        if head_rows:
+            config = size(num_head_rows=planning.head_rows(config.options["num_token_rows"],
+                                                           vocabulary_size))
     except ValueError as e:
         raise UsageError(str(e)) from e
     options = dict(config.options)
@@ -383,15 +371,17 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     if embedding in VOCABULARY_METHODS:
         vocabulary = count_values(training_reader(data_options, global_batch))
         # The count gives the cardinalities too: no second pass.
-        data_options = dataclasses.replace(
-            data_options, cardinalities=[max(1, len(values)) for values, _ in vocabulary])
+        data_options = dataclasses.replace(data_options,
+                                           cardinalities=counted_cardinalities(vocabulary))
     source = make_source(data_options, global_batch)
     if source.train is None:
         raise UsageError("--train FILE is required for this format")
     if vocabulary is not None:
         cardinalities = models_lib.column_cardinalities(vocabulary)
-        options = vocabulary_options(embedding, embedding_dim, vocabulary, compression,
-                                     overrides)
+        options = embedding_options(VOCABULARY_METHODS[embedding], embedding_dim, None,
+                                    compression, overrides,
+                                    vocabulary_size=sum(cardinalities),
+                                    head_rows=embedding == "memrec_vocabulary_head")
     else:
         cardinalities = source.cardinalities
         options = embedding_options(embedding, embedding_dim, cardinalities, compression,
