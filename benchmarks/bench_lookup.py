@@ -13,26 +13,15 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_name  # noqa: E402
+from common import cpu_name, interleaved_times  # noqa: E402
 
 from memrec_tf import core, ops
 from memrec_tf.signature import Signature
-
-
-def _time(fn, repeats):
-    """Median wall time of `repeats` calls, in milliseconds."""
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
 
 
 def build_cases(args):
@@ -119,13 +108,7 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown variant(s) {unknown}; have {list(cases)}")
         cases = {name: cases[name] for name in wanted}
-    for fn in cases.values():  # trace and warm up
-        for _ in range(3):
-            fn()
-    samples = {name: [] for name in cases}
-    for _ in range(args.rounds):
-        for name, fn in cases.items():
-            samples[name].append(_time(fn, args.repeats))
+    samples = interleaved_times(cases, args.rounds, args.repeats, warmup=3)
     median = {name: statistics.median(v) for name, v in samples.items()}
 
     print(f"# bench_lookup: {args.batch} x {args.features} ids, d={args.dim}, k={args.k}, "

@@ -13,25 +13,15 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_name, write_json  # noqa: E402
+from common import cpu_name, interleaved_times, write_json  # noqa: E402
 
 from memrec_tf import models  # noqa: E402
 from memrec_tf.layer import MemRecEmbedding  # noqa: E402
-
-
-def _median_ms(fn, repeats):
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
 
 
 def measure(values, args, rng):
@@ -64,12 +54,7 @@ def measure(values, args, rng):
     variants = {"mapping": lambda: map_fn(ids).numpy(),
                 "fused forward": lambda: fwd_fn(mapped).numpy(),
                 "mapping + forward": lambda: both_fn(ids).numpy()}
-    for fn in variants.values():
-        fn()  # traces
-    samples = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
-            samples[name].append(_median_ms(fn, args.repeats))
+    samples = interleaved_times(variants, args.rounds, args.repeats)
     return {name: statistics.median(s) for name, s in samples.items()}, lookup.mapping_bytes
 
 

@@ -5,10 +5,12 @@
   compression factor of the full tables.
 * `train_eval`: one seeded DLRM training run with early stopping on a
   validation split, returning validation / test AUC and the epochs used.
+* `interleaved_times`: wall times of several variants, timed side by side.
 """
 import json
 import os
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -180,6 +182,32 @@ def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), bat
                 test_auc=test, epochs=epochs, best_epoch=best_epoch,
                 seconds=round(time.perf_counter() - start, 2),
                 options={k: v for k, v in options.items()})
+
+
+def interleaved_times(cases, rounds, repeats, warmup=1):
+    """Times callables side by side: every round runs each `repeats` times.
+
+    Args:
+      cases: {name: callable}, each called after `warmup` untimed calls.
+      rounds: interleaved rounds (load that comes and goes hits every case).
+      repeats: calls per case and round.
+
+    Returns:
+      {name: [the median ms of each round's calls]}.
+    """
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            samples[name].append(statistics.median(times))
+    return samples
 
 
 def write_json(path, obj):
