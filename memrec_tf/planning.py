@@ -5,8 +5,8 @@ counted) with `memrec_tf.models.budget_configs`, and adds the MEM-REC
 options a layer takes. When the values can be given dense indices (a
 vocabulary, as libFM indices already are), it also proposes the
 collision-free vocabulary signature; the mapping from raw ids to indices
-then costs about 16 bytes per value on top (a hash table of int64 keys and
-values), which the plan reports separately.
+then costs about 16 bytes per value on top (`models.VocabularyLookup`: an
+int64 key and an int64 index per value), which the plan reports separately.
 
 Given the training counts of the values (`memrec plan --data FILE` counts
 them), it also proposes frequency-aware head rows: the vocabulary signature

@@ -70,6 +70,6 @@ __all__ = [
     "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "FeatureSpec", "LibFMReader", "MOVIELENS_COLUMNS",
     "MalformedLineError", "PRESETS", "ReadStats", "Reject", "SyntheticCriteo",
     "TERABYTE_CARDINALITIES", "Vocabulary", "count_lines", "data_dir", "dense_transform",
-    "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf", "load_criteo_sample", "load_frappe",
-    "load_movielens100k", "movielens100k_dataset", "sniff_delimiter",
+    "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf", "load_criteo_sample",
+    "load_frappe", "load_movielens100k", "movielens100k_dataset", "sniff_delimiter",
 ]

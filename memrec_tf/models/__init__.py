@@ -105,7 +105,7 @@ __all__ = ["METHODS", "MODELS", "BudgetConfig", "CategoricalEmbedding", "CrossLa
            "DotInteraction", "EmbeddingBytes", "FeatureSpec", "FullEmbedding",
            "HashingEmbedding", "PerFeatureMemRecEmbedding", "QREmbedding",
            "SharedMemRecEmbedding", "VocabularyEmbedding", "VocabularyLookup",
-           "budget_configs", "column_cardinalities", "frequency_index", "build_dcn", "build_dlrm", "build_model",
-           "embedding_layers", "embedding_report", "full_config", "hashing_config",
+           "budget_configs", "build_dcn", "build_dlrm", "build_model", "column_cardinalities",
+           "embedding_layers", "embedding_report", "frequency_index", "full_config", "hashing_config",
            "make_embedding", "memrec_config", "memrec_per_feature_config", "qr_config",
            "vocabulary_embedding"]

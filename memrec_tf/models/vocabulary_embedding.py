@@ -112,7 +112,8 @@ class VocabularyLookup(keras.layers.Layer):
         for name, (value, variable) in arrays.items():
             value = np.asarray(value, np.int64)
             if value.shape != tuple(variable.shape):
-                raise ValueError(f"{name} has shape {value.shape}, expected {tuple(variable.shape)}")
+                raise ValueError(f"{name} has shape {value.shape}, "
+                                 f"expected {tuple(variable.shape)}")
             variable.assign(value)
 
     @property
