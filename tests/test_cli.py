@@ -81,11 +81,16 @@ def test_criteo_file_with_malformed_lines_is_counted(tmp_path):
     assert any(":11:" in r for r in data["first_rejects"])
 
 
-def test_criteo_raise_mode_stops_with_file_and_line(tmp_path):
+def _criteo_file_with_short_line_6(tmp_path):
     lines = _criteo_lines(50)
     lines[5] = "0\t1\t2"
     path = tmp_path / "bad.tsv"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_criteo_raise_mode_stops_with_file_and_line(tmp_path):
+    path = _criteo_file_with_short_line_6(tmp_path)
     result = run_cli("train", "--format", "criteo", "--train", str(path), "--on-error", "raise",
                      "--cardinalities", ",".join(["64"] * 26), "--quiet",
                      "--output", str(tmp_path / "run"))
@@ -101,10 +106,7 @@ def test_train_raise_mode_leaves_no_tf_data_iterator_behind(tmp_path):
     # instead, it can hang the process (the CLI test above timed out so).
     from tensorflow.python.data.ops.iterator_ops import OwnedIterator
 
-    lines = _criteo_lines(50)
-    lines[5] = "0\t1\t2"
-    path = tmp_path / "bad.tsv"
-    path.write_text("\n".join(lines) + "\n")
+    path = _criteo_file_with_short_line_6(tmp_path)
     options = training.DataOptions(format="criteo", train=str(path), on_error="raise",
                                    cardinalities=[64] * 26)
     gc.collect()
