@@ -1,10 +1,10 @@
 """Streaming `tf.data` input pipelines for click logs (DLRM / DCN training).
 
 Every source yields `(features, label)` batches:
-  features = {"dense": float32 [B, num_dense],
+  features = {"dense": float32 [B, num_dense] (only when num_dense > 0),
               "categorical": int64 [B, num_categorical]}
   label    = float32 [B] of 0/1
-described by a `FeatureSpec` (`spec.num_dense`, `spec.num_categorical`,
+described by a `memrec_tf.features.FeatureSpec` (`spec.num_dense`, `spec.num_categorical`,
 `spec.categorical_names`, `spec.cardinalities` where known,
 `spec.element_spec()`).
 
@@ -53,6 +53,7 @@ libFM indices, no OOV slot). `data_dir()` finds the shared data folder
 (`MEMREC_DATA_DIR` or `../shared/data` beside the repository).
 """
 from memrec_tf.data.arrays import ArrayData
+from memrec_tf.data.counting import TooManyValuesError, count_values, counted_cardinalities
 from memrec_tf.data.criteo import CRITEO_SPEC, CriteoTSVReader, dense_transform, load_criteo_sample
 from memrec_tf.data.csv_reader import CSVReader, sniff_delimiter
 from memrec_tf.data.hashing import EMPTY_ID, hash_strings, hash_strings_tf
@@ -60,14 +61,15 @@ from memrec_tf.data.libfm import (FRAPPE_CARDINALITIES, FRAPPE_FIELDS, LibFMRead
                                   load_frappe)
 from memrec_tf.data.movielens import MOVIELENS_COLUMNS, load_movielens100k, movielens100k_dataset
 from memrec_tf.data.paths import count_lines, data_dir
-from memrec_tf.data.spec import ColumnSpec, FeatureSpec
+from memrec_tf.data.columns import ColumnSpec
 from memrec_tf.data.stats import MalformedLineError, ReadStats, Reject
 from memrec_tf.data.synthetic import PRESETS, TERABYTE_CARDINALITIES, SyntheticCriteo
 from memrec_tf.data.vocab import Vocabulary, frequency_order
 
 __all__ = [
     "ArrayData", "CRITEO_SPEC", "CSVReader", "ColumnSpec", "CriteoTSVReader", "EMPTY_ID",
-    "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "FeatureSpec", "LibFMReader", "MOVIELENS_COLUMNS",
+    "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "LibFMReader", "TooManyValuesError",
+    "count_values", "counted_cardinalities", "MOVIELENS_COLUMNS",
     "MalformedLineError", "PRESETS", "ReadStats", "Reject", "SyntheticCriteo",
     "TERABYTE_CARDINALITIES", "Vocabulary", "count_lines", "data_dir", "dense_transform",
     "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf", "load_criteo_sample",

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from memrec_tf.data import paths as paths_lib
 from memrec_tf.data import stats as stats_lib
-from memrec_tf.data.spec import FeatureSpec
+from memrec_tf.features import FeatureSpec
 
 Batch = Tuple[dict, np.ndarray]
 
@@ -214,6 +214,11 @@ class LineReader:
         return self._make_batch(rows) if rows else None
 
     def _raw_batches(self) -> Iterator[Batch]:
+        strip = self.spec.batch_features
+        for features, label in self._parsed_batches():
+            yield strip(features), label
+
+    def _parsed_batches(self) -> Iterator[Batch]:
         stats = self.stats
         stats.reset()
         rebatcher = _Rebatcher(self.batch_size)
@@ -255,7 +260,7 @@ class LineReader:
         the program exits: the traceback holds the iterator, whose prefetch
         thread may still be in the Python generator, and TensorFlow cannot
         free such an iterator at interpreter exit (the process hangs).
-        `memrec_tf.training` does this and raises the `MalformedLineError`.
+        `memrec_tf.app.training` does this and raises the `MalformedLineError`.
 
         Args:
           prefetch: Append `.prefetch(tf.data.AUTOTUNE)`.

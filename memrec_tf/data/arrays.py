@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
-from memrec_tf.data.spec import FeatureSpec
+from memrec_tf.features import FeatureSpec
 from memrec_tf.data.vocab import Vocabulary
 
 
@@ -51,7 +51,7 @@ class ArrayData:
         splits = {}
         for name, (features, label) in raw.items():
             splits[name] = {
-                "dense": np.asarray(features["dense"], np.float32),
+                "dense": np.asarray(features.get("dense", np.zeros([len(label), 0])), np.float32),
                 "categorical": np.asarray(features["categorical"], np.int64),
                 "index": vocabulary.lookup(features["categorical"]),
                 "label": np.asarray(label, np.float32),
@@ -93,7 +93,7 @@ class ArrayData:
             raise ValueError(f"ids must be 'index' or 'raw', got {ids!r}")
         arrays = self.splits[split]
         key = "index" if ids == "index" else "categorical"
-        features = {"dense": arrays["dense"], "categorical": arrays[key]}
+        features = self.spec.batch_features({"dense": arrays["dense"], "categorical": arrays[key]})
         ds = tf.data.Dataset.from_tensor_slices((features, arrays["label"]))
         if shuffle:
             ds = ds.shuffle(self.num_rows(split), seed=seed, reshuffle_each_iteration=True)

@@ -24,7 +24,7 @@ from memrec_tf.data import arrays as arrays_lib
 from memrec_tf.data import paths as paths_lib
 from memrec_tf.data._lines import BadLine, LineReader, show
 from memrec_tf.data.hashing import EMPTY_ID
-from memrec_tf.data.spec import FeatureSpec, names
+from memrec_tf.features import FeatureSpec, column_names as names
 
 NUM_INTEGER = 13
 NUM_CATEGORICAL = 26

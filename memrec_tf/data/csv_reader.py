@@ -32,7 +32,8 @@ import tensorflow as tf
 from memrec_tf.data import stats as stats_lib
 from memrec_tf.data._lines import BadLine, LineReader, show, utf8_problem
 from memrec_tf.data.hashing import hash_strings, hash_strings_tf
-from memrec_tf.data.spec import FeatureSpec, as_column_spec
+from memrec_tf.data.columns import as_column_spec
+from memrec_tf.features import FeatureSpec
 
 _DELIMITERS = ("\t", ",", ";", "|")
 _TRANSFORMS = (None, "none", "log1p")

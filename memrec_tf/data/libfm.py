@@ -20,7 +20,7 @@ from memrec_tf.data import _fastparse
 from memrec_tf.data import arrays as arrays_lib
 from memrec_tf.data import paths as paths_lib
 from memrec_tf.data._lines import BadLine, LineReader, iter_line_blocks, show
-from memrec_tf.data.spec import FeatureSpec
+from memrec_tf.features import FeatureSpec
 from memrec_tf.data.vocab import Vocabulary
 
 FRAPPE_FIELDS = ("user", "item", "daytime", "weekday", "isweekend", "homework", "cost",
@@ -97,7 +97,7 @@ class LibFMReader(LineReader):
             dense_names=(), categorical_names=names,
             cardinalities=tuple(cardinalities) if cardinalities is not None else None,
             id_encoding="index" if cardinalities is not None else "raw",
-            vocabulary_size=int(sum(cardinalities)) if cardinalities is not None else None,
+            vocabulary_size=int(sum(cardinalities)) if cardinalities is not None else 0,
             extra_features=("weights",) if self.with_values else ())
 
     def _sniff_num_fields(self) -> int:

@@ -23,7 +23,7 @@ import tensorflow as tf
 from memrec_tf.data import arrays as arrays_lib
 from memrec_tf.data import paths as paths_lib
 from memrec_tf.data.hashing import hash_strings
-from memrec_tf.data.spec import FeatureSpec
+from memrec_tf.features import FeatureSpec
 
 MOVIELENS_COLUMNS = ("user_id", "item_id", "age", "gender", "occupation", "zip_code",
                      "release_year", "genre")

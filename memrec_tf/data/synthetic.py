@@ -32,7 +32,8 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from memrec_tf.data.spec import FeatureSpec, names
+from memrec_tf.features import FeatureSpec, column_names as names
+from memrec_tf.ops import signature
 
 TERABYTE_CARDINALITIES = (
     39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10,
@@ -47,19 +48,15 @@ PRESETS = {
 }
 DEFAULT_PRESET = "small"
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _ROUNDS = 4
 _HEAD = 1 << 15
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijective 64-bit mix (uint64 in and out)."""
-    x = np.asarray(x, np.uint64)
+    """SplitMix64's finaliser on uint64 arrays (`memrec_tf.ops.signature.mix64`)."""
     with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+        return signature.mix64(np.asarray(x, np.uint64), constant=np.uint64,
+                               wrap=lambda v: v)
 
 
 def _resolve_cardinalities(cardinalities) -> Tuple[int, ...]:

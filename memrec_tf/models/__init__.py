@@ -1,28 +1,23 @@
 """Recommendation models (DLRM, DCN-v2) over interchangeable embeddings.
 
-    from memrec_tf import models
-    spec = models.FeatureSpec(num_dense=13, cardinalities=[1000] * 26)
-    config = models.memrec_config(16, spec.cardinalities, compression=16)
+    from memrec_tf import models, sizing
+    from memrec_tf.features import FeatureSpec
+    spec = FeatureSpec.of(num_dense=13, cardinalities=[1000] * 26)
+    config = sizing.memrec_config(16, spec.cardinalities, compression=16)
     model = models.build_model("dlrm", spec, embedding="memrec",
                                embedding_options=config.options)
     model.compile("adam", "binary_crossentropy")
-    models.embedding_report(model)  # EmbeddingBytes(bytes=..., full_bytes=...)
+    models.embedding_report(model)  # sizing.EmbeddingBytes(table_bytes=..., ...)
 
 Inputs are {"dense": float32 [B, num_dense], "categorical": int64 [B, F]}
 ("dense" only when num_dense > 0); the output is a probability [B, 1].
 """
-from memrec_tf.models.budget import (BudgetConfig, budget_configs, full_config, hashing_config,
-                                     memrec_config, memrec_per_feature_config, qr_config)
+from memrec_tf.data.counting import counted_cardinalities
+from memrec_tf.features import FeatureSpec
+from memrec_tf.layers import (METHODS, CategoricalEmbedding, make_embedding,
+                              vocabulary_embedding)
 from memrec_tf.models.dcn import CrossLayer, build_dcn
 from memrec_tf.models.dlrm import DotInteraction, build_dlrm
-from memrec_tf.models.embeddings import (METHODS, CategoricalEmbedding, EmbeddingBytes,
-                                         FullEmbedding, HashingEmbedding,
-                                         PerFeatureMemRecEmbedding, QREmbedding,
-                                         SharedMemRecEmbedding, make_embedding)
-from memrec_tf.models.features import FeatureSpec
-from memrec_tf.models.vocabulary_embedding import (VocabularyEmbedding, VocabularyLookup,
-                                                   column_cardinalities, frequency_index,
-                                                   vocabulary_embedding)
 
 MODELS = ("dlrm", "dcn")
 _BUILDERS = {"dlrm": build_dlrm, "dcn": build_dcn}
@@ -34,9 +29,8 @@ def build_model(kind, feature_spec, embedding="memrec", embedding_options=None,
 
     Args:
       kind: "dlrm" or "dcn".
-      feature_spec: a `FeatureSpec`, or a dict with num_dense, cardinalities
-        and optionally vocabulary_size (global dense ids) or dense_ids
-        (per-feature dense ids).
+      feature_spec: a `memrec_tf.features.FeatureSpec` with every
+        cardinality (or a dict that `FeatureSpec.from_any` reads).
       embedding: one of METHODS.
       embedding_options: the embedding layer's own arguments (e.g.
         `BudgetConfig.options`); memrec needs num_token_rows, hashing
@@ -44,10 +38,10 @@ def build_model(kind, feature_spec, embedding="memrec", embedding_options=None,
       embedding_dim: d.
       seed: seeds the embedding's hashes.
       vocabulary: optional per-feature `(values, counts)` of the training
-        ids (`memrec_tf.training.count_values`): the model then maps raw ids
+        ids (`memrec_tf.data.count_values`): the model then maps raw ids
         to dense indices by training frequency itself (`VocabularyEmbedding`)
         and the embedding reads those; feature_spec's cardinalities must be
-        `column_cardinalities(vocabulary)`.
+        `memrec_tf.data.counted_cardinalities(vocabulary)`.
       **model_options: those of `build_dlrm` (bottom_mlp, top_mlp) or
         `build_dcn` (num_cross_layers, projection_dim, deep_layers,
         structure).
@@ -62,10 +56,11 @@ def build_model(kind, feature_spec, embedding="memrec", embedding_options=None,
     if kind not in _BUILDERS:
         raise ValueError(f"kind must be one of {MODELS}, got {kind!r}")
     spec = FeatureSpec.from_any(feature_spec)
+    spec.known_cardinalities()
     if vocabulary is not None:
-        if list(spec.cardinalities) != column_cardinalities(vocabulary):
+        if list(spec.cardinalities) != counted_cardinalities(vocabulary):
             raise ValueError("with a vocabulary, the cardinalities must be its values + 1 per "
-                             f"feature, {column_cardinalities(vocabulary)}; got "
+                             f"feature, {counted_cardinalities(vocabulary)}; got "
                              f"{list(spec.cardinalities)}")
         layer = vocabulary_embedding(embedding, vocabulary, embedding_dim, seed=seed,
                                      **dict(embedding_options or {}))
@@ -87,7 +82,7 @@ def embedding_layers(model):
 
 
 def embedding_report(model):
-    """`EmbeddingBytes` of all a model's embedding layers: their bytes and the full bytes.
+    """`sizing.EmbeddingBytes` of all a model's embedding layers: their bytes and the full bytes.
 
     Raises:
       ValueError: the model has no `CategoricalEmbedding`.
@@ -95,17 +90,8 @@ def embedding_report(model):
     layers = embedding_layers(model)
     if not layers:
         raise ValueError(f"model {model.name!r} has no memrec_tf.models embedding layer")
-    total = layers[0].embedding_bytes()
-    for layer in layers[1:]:
-        total = total + layer.embedding_bytes()
-    return total
+    return sum((layer.embedding_bytes() for layer in layers[1:]), layers[0].embedding_bytes())
 
 
-__all__ = ["METHODS", "MODELS", "BudgetConfig", "CategoricalEmbedding", "CrossLayer",
-           "DotInteraction", "EmbeddingBytes", "FeatureSpec", "FullEmbedding",
-           "HashingEmbedding", "PerFeatureMemRecEmbedding", "QREmbedding",
-           "SharedMemRecEmbedding", "VocabularyEmbedding", "VocabularyLookup",
-           "budget_configs", "build_dcn", "build_dlrm", "build_model", "column_cardinalities",
-           "embedding_layers", "embedding_report", "frequency_index", "full_config", "hashing_config",
-           "make_embedding", "memrec_config", "memrec_per_feature_config", "qr_config",
-           "vocabulary_embedding"]
+__all__ = ["MODELS", "CrossLayer", "DotInteraction", "build_dcn", "build_dlrm", "build_model",
+           "embedding_layers", "embedding_report"]

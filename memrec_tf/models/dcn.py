@@ -1,7 +1,8 @@
 """DCN-v2 (Wang et al. 2021): cross network and deep tower over the embeddings."""
 import tensorflow as tf
 
-from memrec_tf.models import features
+from memrec_tf.features import FeatureSpec
+from memrec_tf.models.inputs import make_inputs
 from memrec_tf.models import mlp
 
 keras = tf.keras
@@ -90,7 +91,7 @@ def build_dcn(feature_spec, embedding, num_cross_layers=2, projection_dim=None,
     Raises:
       ValueError: an argument out of range (the message quotes it).
     """
-    spec = features.FeatureSpec.from_any(feature_spec)
+    spec = FeatureSpec.from_any(feature_spec)
     if not isinstance(num_cross_layers, int) or num_cross_layers < 1:
         raise ValueError(f"num_cross_layers must be a positive int, got {num_cross_layers!r}")
     if structure not in STRUCTURES:
@@ -98,7 +99,7 @@ def build_dcn(feature_spec, embedding, num_cross_layers=2, projection_dim=None,
     deep_layers = mlp.check_units("deep_layers", deep_layers)
     if structure == "parallel" and not deep_layers:
         raise ValueError("a parallel DCN needs a deep tower, got deep_layers=[]")
-    inputs = features.make_inputs(spec)
+    inputs = make_inputs(spec)
     embedded = embedding(inputs["categorical"])
     x0 = keras.layers.Flatten(name="flat_embeddings")(embedded)
     if spec.num_dense:

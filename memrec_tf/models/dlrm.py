@@ -1,7 +1,8 @@
 """DLRM (Naumov et al. 2019): bottom MLP, embeddings, dot interaction, top MLP."""
 import tensorflow as tf
 
-from memrec_tf.models import features
+from memrec_tf.features import FeatureSpec
+from memrec_tf.models.inputs import make_inputs
 from memrec_tf.models import mlp
 
 keras = tf.keras
@@ -58,7 +59,7 @@ def build_dlrm(feature_spec, embedding, bottom_mlp=(64,), top_mlp=(64, 32), name
     Raises:
       ValueError: fewer than two vectors to interact, or bad widths.
     """
-    spec = features.FeatureSpec.from_any(feature_spec)
+    spec = FeatureSpec.from_any(feature_spec)
     bottom_mlp = mlp.check_units("bottom_mlp", bottom_mlp)
     top_mlp = mlp.check_units("top_mlp", top_mlp)
     vectors = spec.num_categorical + (1 if spec.num_dense else 0)
@@ -66,7 +67,7 @@ def build_dlrm(feature_spec, embedding, bottom_mlp=(64,), top_mlp=(64, 32), name
         raise ValueError("DLRM needs at least two vectors to interact (embeddings plus the "
                          f"bottom MLP output), got {spec.num_categorical} categorical and "
                          f"{spec.num_dense} dense features")
-    inputs = features.make_inputs(spec)
+    inputs = make_inputs(spec)
     d = embedding.output_dim
     embedded = embedding(inputs["categorical"])  # [B, F, d]
     if spec.num_dense:

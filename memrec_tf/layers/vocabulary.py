@@ -4,7 +4,7 @@ The vocabulary signatures of `MemRecEmbedding` (`vocabulary_size`,
 `num_head_rows`) need dense indices ordered by training frequency. A model
 trained from raw click-log ids gets them from `VocabularyLookup`: the
 training file's distinct ids per feature (counted by
-`memrec_tf.training.count_values`), stored as two int64 weights of the
+`memrec_tf.data.count_values`), stored as two int64 weights of the
 model, so the SavedModel maps raw ids itself with built-in ops (a binary
 search per feature) and any server runs it.
 
@@ -15,14 +15,16 @@ then by ascending id; the OOV indices, never seen in training, come last).
 This is `memrec_tf.data.Vocabulary.fit` followed by
 `memrec_tf.data.frequency_order`, the layout of the accuracy benchmarks.
 """
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from memrec_tf.data.counting import counted_cardinalities
 from memrec_tf.data.vocab import rank_by_count
-from memrec_tf.models import features
-from memrec_tf.models.embedding_base import CategoricalEmbedding
+from memrec_tf import features
+from memrec_tf.sizing import tables
+from memrec_tf.layers.categorical import CategoricalEmbedding
 
 keras = tf.keras
 
@@ -119,7 +121,7 @@ class VocabularyLookup(keras.layers.Layer):
     @property
     def mapping_bytes(self):
         """Bytes of the lookup's weights."""
-        return 8 * (2 * sum(self.column_sizes) + len(self.column_sizes))
+        return tables.vocabulary_mapping_bytes([n + 1 for n in self.column_sizes])
 
     def call(self, ids):
         ids = tf.convert_to_tensor(ids)
@@ -172,7 +174,7 @@ class VocabularyEmbedding(CategoricalEmbedding):
 
     def __init__(self, output_dim, cardinalities, method="memrec", method_options=None,
                  vocabulary_size=0, dense_ids=False, seed=0, **kwargs):
-        from memrec_tf.models.embeddings import make_embedding
+        from memrec_tf.layers import make_embedding  # pylint: disable=g-import-not-at-top
 
         super().__init__(output_dim, cardinalities, 0, False, seed, **kwargs)
         if vocabulary_size or dense_ids:
@@ -181,8 +183,8 @@ class VocabularyEmbedding(CategoricalEmbedding):
         self.method = method
         self.method_options = dict(method_options or {})
         self.lookup = VocabularyLookup([c - 1 for c in self.cardinalities], name="lookup")
-        spec = features.FeatureSpec(0, list(self.cardinalities),
-                                    self.lookup.vocabulary_size, False)
+        spec = features.FeatureSpec.of(0, list(self.cardinalities),
+                                       self.lookup.vocabulary_size)
         self.inner = make_embedding(method, spec, output_dim, seed=seed, name="inner",
                                     **self.method_options)
 
@@ -192,8 +194,8 @@ class VocabularyEmbedding(CategoricalEmbedding):
         self.inner.build(tuple(input_shape))
         self.built = True
 
-    def table_rows(self):
-        return self.inner.table_rows()
+    def table_shapes(self):
+        return self.inner.table_shapes()
 
     @property
     def mapping_bytes(self):
@@ -219,12 +221,7 @@ def vocabulary_embedding(method, counted, output_dim, seed=0, name="embedding",
       **method_options: the inner layer's own options.
     """
     keys, indices, oov, _ = frequency_index(counted)
-    layer = VocabularyEmbedding(output_dim, column_cardinalities(counted), method=method,
+    layer = VocabularyEmbedding(output_dim, counted_cardinalities(counted), method=method,
                                 method_options=method_options, seed=seed, name=name)
     layer.lookup.set_vocabulary(keys, indices, oov)
     return layer
-
-
-def column_cardinalities(counted) -> List[int]:
-    """Per feature, its known values + 1: the `cardinalities` of the layer."""
-    return [len(values) + 1 for values, _ in counted]

@@ -1,9 +1,10 @@
 """MEM-REC embeddings of F features: one shared pair of tables, or a pair per feature."""
 import tensorflow as tf
 
-from memrec_tf.layer import MemRecEmbedding
-from memrec_tf.models import features
-from memrec_tf.models.embedding_base import CategoricalEmbedding, per_feature_ints
+from memrec_tf.layers.memrec_embedding import MemRecEmbedding
+from memrec_tf import features
+from memrec_tf.layers import ids as ids_lib
+from memrec_tf.layers.categorical import CategoricalEmbedding, per_feature_ints
 
 keras = tf.keras
 
@@ -51,14 +52,12 @@ class SharedMemRecEmbedding(CategoricalEmbedding):
         self.memrec.build(tuple(input_shape))
         self.built = True
 
-    def table_rows(self):
-        m = self.memrec
-        width = m.num_hashes if m.weight_mode == "per_hash" else 1
-        return [(m.num_token_rows, self.output_dim), (m.num_weight_rows, width)]
+    def table_shapes(self):
+        return self.memrec.table_shapes()
 
     def call(self, inputs):
         if self.id_space == "per_feature":
-            inputs = features.global_index(inputs, self.cardinalities, 0, True)
+            inputs = ids_lib.global_index(inputs, self.cardinalities, 0, True)
         return self.memrec(inputs)
 
     def get_config(self):
@@ -125,12 +124,8 @@ class PerFeatureMemRecEmbedding(CategoricalEmbedding):
             layer.build((input_shape[0],))
         self.built = True
 
-    def table_rows(self):
-        rows = []
-        for m in self.memrecs:
-            width = m.num_hashes if m.weight_mode == "per_hash" else 1
-            rows += [(m.num_token_rows, self.output_dim), (m.num_weight_rows, width)]
-        return rows
+    def table_shapes(self):
+        return [shape for m in self.memrecs for shape in m.table_shapes()]
 
     def call(self, inputs):
         return tf.stack([layer(inputs[:, j]) for j, layer in enumerate(self.memrecs)], axis=1)

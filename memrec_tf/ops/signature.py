@@ -2,6 +2,7 @@
 built-in-ops path, and the constants of the hash (see custom_ops/memrec_math.h).
 """
 import dataclasses
+import operator
 
 MAX_HASHES = 16
 _MASK64 = (1 << 64) - 1
@@ -20,20 +21,33 @@ def as_int64(value):
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def mix64(z):
-    """splitmix64's finaliser on Python ints (used for per-salt constants)."""
-    z &= _MASK64
-    z ^= z >> 30
-    z = (z * MIX_MUL1) & _MASK64
-    z ^= z >> 27
-    z = (z * MIX_MUL2) & _MASK64
-    z ^= z >> 31
-    return z
+def _wrap64(z):
+    return z & _MASK64
+
+
+def mix64(z, shift_right=operator.rshift, constant=int, wrap=_wrap64):
+    """splitmix64's finaliser, the one mix of every hash in memrec_tf.
+
+    Written once for any 64-bit integer type: Python ints (the defaults),
+    numpy uint64 arrays (`constant=np.uint64`, `wrap` the identity) and
+    TensorFlow int64 tensors (a logical `shift_right`, int64 constants).
+
+    Args:
+      z: the values.
+      shift_right: (z, bits) -> z shifted right, filling with zeros.
+      constant: the type of the multipliers, from their unsigned value.
+      wrap: reduces a product to 64 bits (the identity for wrapping types).
+    """
+    z = z ^ shift_right(z, 30)
+    z = wrap(z * constant(MIX_MUL1))
+    z = z ^ shift_right(z, 27)
+    z = wrap(z * constant(MIX_MUL2))
+    return z ^ shift_right(z, 31)
 
 
 def salt_key(seed, salt):
     """The constant mixed into every id of (seed, salt), unsigned."""
-    return mix64((seed & _MASK64) + mix64(salt + SALT_STREAM))
+    return mix64(_wrap64((seed & _MASK64) + mix64(_wrap64(salt + SALT_STREAM))))
 
 
 def least_root(limit, parts):
@@ -133,11 +147,13 @@ class Signature:
                     f"{self.num_weight_hashes}")
 
     def op_attrs(self):
-        """The attributes of the fused ops, by name."""
-        return dict(num_hashes=self.num_hashes,
-                    num_weight_hashes=self.num_weight_hashes, seed=self.seed,
-                    num_salts=self.num_salts, vocab_size=self.vocab_size,
-                    num_head=self.num_head)
+        """The attributes of the fused ops, by name (the fields' own names)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_op(cls, op):
+        """The signature of a fused op in a graph, read from its attributes."""
+        return cls(**{field.name: op.get_attr(field.name) for field in dataclasses.fields(cls)})
 
     def token_radix(self, num_token_rows):
         return split_radix(self.num_head, num_token_rows - self.num_head,

@@ -1,27 +1,11 @@
 """What every categorical embedding here shares: ids [B, F] -> [B, F, d], and bytes."""
-import dataclasses
-
 import tensorflow as tf
 
-from memrec_tf.models import features
+from memrec_tf import features
+from memrec_tf.sizing import tables
 
 keras = tf.keras
 
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddingBytes:
-    """Bytes of an embedding's tables and of the full tables it replaces."""
-
-    bytes: int
-    full_bytes: int
-
-    @property
-    def ratio(self):
-        """Compression: full bytes over embedding bytes."""
-        return self.full_bytes / self.bytes if self.bytes else float("inf")
-
-    def __add__(self, other):
-        return EmbeddingBytes(self.bytes + other.bytes, self.full_bytes + other.full_bytes)
 
 def positive_ints(name, values, count):
     values = list(values)
@@ -61,7 +45,7 @@ class CategoricalEmbedding(keras.layers.Layer):
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         # FeatureSpec validates the cardinalities and the id-space flags.
-        spec = features.FeatureSpec(0, list(cardinalities), vocabulary_size, bool(dense_ids))
+        spec = features.FeatureSpec.of(0, list(cardinalities), vocabulary_size, bool(dense_ids))
         self.output_dim = output_dim
         self.cardinalities = list(spec.cardinalities)
         self.vocabulary_size = vocabulary_size
@@ -76,22 +60,24 @@ class CategoricalEmbedding(keras.layers.Layer):
     def id_space(self):
         return features.id_space(self.vocabulary_size, self.dense_ids)
 
-    def _itemsize(self):
-        return tf.as_dtype(self.variable_dtype or "float32").size
-
-    def table_rows(self):
+    def table_shapes(self):
         """[(rows, width)] of every table this layer creates."""
         raise NotImplementedError
 
-    def embedding_bytes(self):
-        """`EmbeddingBytes`: all tables, and full = rows of the full space x d x itemsize.
+    @property
+    def mapping_bytes(self):
+        """Bytes of an id -> index mapping this layer holds (none here)."""
+        return 0
 
-        The full space is V rows for global ids, else the sum of cardinalities.
+    def embedding_bytes(self):
+        """`sizing.EmbeddingBytes`: its tables, its mapping, and the full tables
+        (rows of the full space x d, at the layer's dtype). The full space is
+        V rows for global ids, else the sum of cardinalities.
         """
-        size = self._itemsize()
-        used = sum(rows * width for rows, width in self.table_rows()) * size
+        size = tables.dtype_size(self.variable_dtype)
         full = features.full_rows(self.cardinalities, self.vocabulary_size)
-        return EmbeddingBytes(used, full * self.output_dim * size)
+        return tables.EmbeddingBytes(tables.table_bytes(self.table_shapes(), size),
+                                     full * self.output_dim * size, self.mapping_bytes)
 
     def _check_input_shape(self, input_shape):
         shape = tuple(input_shape)

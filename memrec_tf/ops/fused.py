@@ -12,7 +12,10 @@ import threading
 
 import tensorflow as tf
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+from memrec_tf.ops import signature as sig_lib
+
+# The library lives in the package folder, beside memrec_tf/__init__.py.
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY_ENV = "MEMREC_TF_OPS_LIBRARY"
 REBUILD_COMMAND = "pip install --no-build-isolation -e .  (in the memrec_tf source tree)"
 _TAG = re.compile(rb"MEMREC_BUILD_TAG\[([^\]]*)\]")
@@ -148,7 +151,7 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
       weights: [N] per-id weights in the tables' dtype, or [0] for none.
       token_table: [m, d].
       weight_table: [m_w, 1] ("scalar") or [m_w, k] ("per_hash").
-      signature: a `memrec_tf.signature.Signature`.
+      signature: a `memrec_tf.ops.signature.Signature`.
       combiner: "none", "sum", "mean" or "sqrtn".
       weight_mode: "scalar" or "per_hash".
 
@@ -171,18 +174,13 @@ def hash_rows(ids, signature, num_token_rows, num_weight_rows, name=None):
         name=name, **signature.op_attrs())
 
 
-_ATTRS = ("num_hashes", "num_weight_hashes", "seed", "num_salts", "vocab_size",
-          "num_head", "combiner", "weight_mode")
-
-
 def _lookup_grad(op, grad):
     ids, row_splits, weights, token_table, weight_table = op.inputs
-    attrs = {}
-    for attr in _ATTRS:
-        value = op.get_attr(attr)
-        attrs[attr] = value.decode() if isinstance(value, bytes) else value
+    signature = sig_lib.Signature.from_op(op)
     rows, values, weight_rows, weight_values = load_library().mem_rec_lookup_grad(
-        grad, ids, row_splits, weights, token_table, weight_table, **attrs)
+        grad, ids, row_splits, weights, token_table, weight_table,
+        combiner=op.get_attr("combiner").decode(), weight_mode=op.get_attr("weight_mode").decode(),
+        **signature.op_attrs())
     token_grad = tf.IndexedSlices(values, rows, tf.shape(token_table, out_type=tf.int64))
     weight_grad = tf.IndexedSlices(weight_values, weight_rows,
                                    tf.shape(weight_table, out_type=tf.int64))

@@ -1,7 +1,7 @@
 """TensorFlow's saved_model_cli with the memrec_tf ops registered.
 
-    python -m memrec_tf.saved_model_cli show --dir EXPORT --all
-    python -m memrec_tf.saved_model_cli run --dir EXPORT --tag_set serve \\
+    python -m memrec_tf.app.saved_model_cli show --dir EXPORT --all
+    python -m memrec_tf.app.saved_model_cli run --dir EXPORT --tag_set serve \\
         --signature_def serving_default --input_exprs 'ids=[[1, 2, 3, 4]]'
 
 The arguments are those of `saved_model_cli` (this module runs its main()).
@@ -13,7 +13,7 @@ names the fix.
 """
 import sys
 
-from memrec_tf import export as export_lib
+from memrec_tf import saved_model as export_lib
 from memrec_tf import ops
 
 PROG = "saved_model_cli"

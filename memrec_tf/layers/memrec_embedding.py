@@ -9,9 +9,10 @@ import warnings
 
 import tensorflow as tf
 
-from memrec_tf import core
 from memrec_tf import ops
-from memrec_tf.signature import MAX_HASHES, Signature
+from memrec_tf.ops import core
+from memrec_tf.ops.signature import MAX_HASHES, Signature
+from memrec_tf.sizing import tables
 
 keras = tf.keras
 
@@ -91,7 +92,8 @@ class MemRecEmbedding(keras.layers.Layer):
         several features without equal raw ids colliding across them. Needs
         combiner=None and a static last dimension.
       vocabulary_size: V > 0 declares that ids in [0, V) are dense indices
-        (e.g. from `memrec_tf.vocabulary`): they take collision-free mixed-
+        (e.g. `keras.layers.IntegerLookup` or `StringLookup` indices, or
+        `memrec_tf.data.Vocabulary`): they take collision-free mixed-
         radix signatures; other ids fall back to the random hashes.
       num_head_rows: with a vocabulary, ids below this (the most frequent
         values, when indices are ordered by frequency) own a token row each.
@@ -181,15 +183,20 @@ class MemRecEmbedding(keras.layers.Layer):
                 raise ValueError("salt_columns=True needs a static last dimension "
                                  f"(the number of features), got input shape {input_shape}")
             self._num_salts = int(last)
-        width = self.num_hashes if self.weight_mode == "per_hash" else 1
+        token_shape, weight_shape = self.table_shapes()
         self.token_table = self.add_weight(
-            name="token_table", shape=(self.num_token_rows, self.output_dim),
+            name="token_table", shape=token_shape,
             initializer=self.embeddings_initializer,
             regularizer=self.embeddings_regularizer, trainable=True)
         self.weight_table = self.add_weight(
-            name="weight_table", shape=(self.num_weight_rows, width),
+            name="weight_table", shape=weight_shape,
             initializer=self.weights_initializer, trainable=True)
         self.built = True
+
+    def table_shapes(self):
+        """[(rows, width)] of the token table and the weight table."""
+        return tables.memrec_table_shapes(self.num_token_rows, self.num_weight_rows,
+                                          self.output_dim, self.num_hashes, self.weight_mode)
 
     def _signature(self):
         return Signature(num_hashes=self.num_hashes,

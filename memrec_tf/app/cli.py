@@ -1,8 +1,8 @@
 """The `memrec` command: train, evaluate, export and plan MEM-REC models.
 
     memrec train                        # synthetic Criteo-like data, DLRM, MEM-REC
-    memrec train --format criteo --train day_0.tsv --eval day_1.tsv --output run/
-    memrec evaluate --model-dir run/ --format criteo --data day_2.tsv
+    memrec train --train day_0.tsv --eval day_1.tsv --output run/   # format inferred
+    memrec evaluate --model-dir run/ --data day_2.tsv
     memrec export --model-dir run/ --output export/ --mode core
     memrec plan --cardinalities 1000000,50000,30 --compression 64
     memrec saved-model-cli show --dir export/ --all
@@ -37,6 +37,16 @@ def _int_list(text):
     return values
 
 
+def _share(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
+    return value
+
+
 def _positive(kind):
     def parse(text):
         try:
@@ -50,35 +60,43 @@ def _positive(kind):
 
 
 def _add_data_args(p, file_flag):
-    from memrec_tf.training import FORMATS
+    from memrec_tf.app.sources import DEFAULT_MAX_REJECTED, FORMATS
 
-    p.add_argument("--format", choices=FORMATS, default="synthetic",
-                   help="input format (default: synthetic, the built-in generator)")
+    p.add_argument("--format", choices=FORMATS,
+                   help="input format (default: inferred from the data file; the built-in "
+                        "synthetic generator when no file is given)")
     p.add_argument(file_flag, dest="data_file", metavar="FILE",
                    help="training data" if file_flag == "--train" else "data to score")
     p.add_argument("--columns", help="csv: label=NAME,categorical=A,B,...,numeric=X,Y,...")
     p.add_argument("--delimiter", help="csv: field delimiter (default: sniffed from the header)")
     p.add_argument("--libfm-fields", type=_positive(int),
                    help="libfm: index:value pairs per line, one per field")
+    p.add_argument("--label-threshold", type=float,
+                   help="csv: labels >= this are 1, the others 0 (e.g. 4 for 1-5 ratings)")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="malformed lines: skip and count them (default) or stop")
+    p.add_argument("--max-rejected", type=_share, default=DEFAULT_MAX_REJECTED,
+                   help="stop when more than this share of a file's lines are malformed "
+                        f"(default {DEFAULT_MAX_REJECTED})")
     p.add_argument("--cardinalities", type=_int_list,
                    help="distinct values per categorical feature (default: counted from the data)")
     p.add_argument("--synthetic-preset", default="small",
                    help="synthetic cardinalities: tiny, small or terabyte")
     p.add_argument("--synthetic-rows", type=_positive(int), default=200_000)
     p.add_argument("--synthetic-eval-rows", type=_positive(int), default=50_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the synthetic rows and the model's initial weights")
 
 
 def _data_options(args, eval_file=None):
-    from memrec_tf.training import DataOptions
+    from memrec_tf.app.sources import DataOptions
 
     return DataOptions(format=args.format, train=getattr(args, "data_file", None)
                        if eval_file is None else None,
                        eval=eval_file if eval_file is not None else getattr(args, "eval", None),
                        columns=args.columns, delimiter=args.delimiter,
                        libfm_fields=args.libfm_fields, on_error=args.on_error,
+                       label_threshold=args.label_threshold, max_rejected=args.max_rejected,
                        cardinalities=args.cardinalities,
                        synthetic_preset=args.synthetic_preset,
                        synthetic_rows=args.synthetic_rows,
@@ -87,7 +105,8 @@ def _data_options(args, eval_file=None):
 
 def build_parser():
     from memrec_tf.models import MODELS
-    from memrec_tf.training import EMBEDDINGS, STRATEGIES
+    from memrec_tf.app.building import EMBEDDINGS, OPTIMIZERS
+    from memrec_tf.app.training import STRATEGIES
 
     parser = _Parser(prog="memrec", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -111,10 +130,14 @@ def build_parser():
     p.add_argument("--batch-size", type=_positive(int), default=1024,
                    help="per replica")
     p.add_argument("--learning-rate", type=_positive(float), default=1e-3)
-    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    p.add_argument("--hash-seed", type=int, default=0,
+                   help="seeds the embedding's hash functions (default 0)")
     p.add_argument("--strategy", choices=STRATEGIES, default="default",
                    help="mirrored: all local devices; multi-worker: workers from TF_CONFIG")
     p.add_argument("--output", default="runs/train", help="directory for the model and metrics")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run, or an unfinished one with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="score a trained model")
@@ -134,7 +157,7 @@ def build_parser():
     p.add_argument("--cardinalities", type=_int_list,
                    help="distinct values per categorical feature")
     p.add_argument("--format", choices=("criteo", "libfm", "csv"),
-                   help="count the cardinalities from --data in this format")
+                   help="the format of --data (default: inferred from the file)")
     p.add_argument("--data", help="file to count cardinalities from")
     p.add_argument("--columns", help="csv: label=NAME,categorical=...,numeric=...")
     p.add_argument("--delimiter")
@@ -169,35 +192,44 @@ def _print_metrics(metrics):
 
 
 def _cmd_train(args):
-    from memrec_tf import training
+    from memrec_tf.app import building, training
+    from memrec_tf.app.errors import UsageError
 
     overrides = {"num_token_rows": args.num_token_rows, "num_weight_rows": args.num_weight_rows,
                  "num_hashes": args.num_hashes, "num_weight_hashes": args.num_weight_hashes,
                  "weight_mode": args.weight_mode}
-    memrec_methods = ("memrec", "memrec_per_feature", *(
-        name for name, inner in training.VOCABULARY_METHODS.items() if inner == "memrec"))
-    if args.embedding not in memrec_methods and any(v is not None for v in overrides.values()):
-        raise training.UsageError("--num-token-rows, --num-hashes and the other MEM-REC sizes "
-                                  f"apply only to --embedding {' / '.join(memrec_methods)}")
-    if args.format != "synthetic" and args.data_file is None:
-        raise training.UsageError(f"--format {args.format} needs --train FILE")
+    if (args.embedding not in building.MEMREC_EMBEDDINGS
+            and any(v is not None for v in overrides.values())):
+        raise UsageError("--num-token-rows, --num-hashes and the other MEM-REC sizes apply "
+                         f"only to --embedding {' / '.join(building.MEMREC_EMBEDDINGS)}")
+    if args.format not in (None, "synthetic") and args.data_file is None:
+        raise UsageError(f"--format {args.format} needs --train FILE")
+    if args.data_file is None and args.eval is not None:
+        raise UsageError("--eval FILE needs --train FILE (the data to train on)")
     metrics = training.train(
         _data_options(args), args.output, model_kind=args.model, embedding=args.embedding,
         embedding_dim=args.embedding_dim, compression=args.compression,
         embedding_overrides=overrides, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, strategy=args.strategy,
-        verbose=0 if args.quiet else 1)
+        hash_seed=args.hash_seed, verbose=0 if args.quiet else 1, overwrite=args.overwrite)
     _print_metrics(metrics)
     print(f"model and metrics written to {args.output}")
+    if metrics.get("eval_error"):
+        print(f"memrec: error: evaluation failed ({metrics['eval_error']}); the trained model "
+              f"is in {args.output}: score it with memrec evaluate --model-dir {args.output} "
+              "--data FILE", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_evaluate(args):
-    from memrec_tf import training
+    from memrec_tf.app import training
+    from memrec_tf.app.errors import UsageError
 
     options = None
-    if args.data_file is not None or args.format != "synthetic":
+    if args.data_file is not None or args.format not in (None, "synthetic"):
         if args.data_file is None:
-            raise training.UsageError(f"--format {args.format} needs --data FILE")
+            raise UsageError(f"--format {args.format} needs --data FILE")
         options = _data_options(args, eval_file=args.data_file)
     metrics = training.evaluate(args.model_dir, options, batch_size=args.batch_size,
                                 verbose=0 if args.quiet else 1)
@@ -207,31 +239,35 @@ def _cmd_evaluate(args):
 
 
 def _cmd_export(args):
-    from memrec_tf import export as export_lib
-    from memrec_tf import training
+    from memrec_tf import saved_model as export_lib
+    from memrec_tf.app import runs
+    from memrec_tf.app.errors import UsageError
 
-    model = training.load_model(args.model_dir)
+    model = runs.load_model(args.model_dir)
     try:
         export_lib.export(model, args.output, mode=args.mode, overwrite=args.overwrite)
     except FileExistsError as e:
-        raise training.UsageError(f"{e} (pass --overwrite to replace it)") from e
+        raise UsageError(f"{e} (pass --overwrite to replace it)") from e
     print(f"exported ({args.mode}) to {args.output}")
 
 
 def _cmd_plan(args):
-    from memrec_tf import models, planning, training
+    from memrec_tf import data, layers
+    from memrec_tf.app import planning, sources
+    from memrec_tf.app.errors import UsageError
 
     cards, value_counts = args.cardinalities, None
     if cards is None:
-        if not (args.format and args.data):
-            raise training.UsageError("give --cardinalities, or --format and --data to count them")
-        options = training.DataOptions(format=args.format, train=args.data, columns=args.columns,
-                                       delimiter=args.delimiter, libfm_fields=args.libfm_fields)
-        counted = training.count_values(training.training_reader(options, 8192))
-        # As `memrec train --embedding memrec_vocabulary*` sizes its layer: the
-        # counted values plus one out-of-vocabulary index per feature.
-        cards = models.column_cardinalities(counted)
-        value_counts = models.frequency_index(counted)[3]
+        if not args.data:
+            raise UsageError("give --cardinalities, or --data FILE to count them")
+        options = sources.DataOptions(format=args.format, train=args.data, columns=args.columns,
+                                      delimiter=args.delimiter,
+                                      libfm_fields=args.libfm_fields).resolved()
+        counted, _ = sources.count_training_values(options)
+        # As `memrec train` sizes its layers: the counted values plus one index
+        # per feature for values never seen in training.
+        cards = data.counted_cardinalities(counted)
+        value_counts = layers.frequency_index(counted)[3]
     plan = planning.plan(cards, args.embedding_dim, budget=args.budget_bytes,
                          compression=None if args.budget_bytes else args.compression,
                          num_hashes=args.num_hashes, value_counts=value_counts)
@@ -247,15 +283,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     import tensorflow as tf
 
-    from memrec_tf import training
+    from memrec_tf.app.errors import UsageError
     from memrec_tf.data import MalformedLineError
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
                 "plan": _cmd_plan}
     code = 0
     try:
-        commands[args.command](args)
-    except training.UsageError as e:
+        code = commands[args.command](args) or 0
+    except UsageError as e:
         print(f"memrec: error: {e}", file=sys.stderr)
         code = 2
     except (MalformedLineError, ValueError, OSError) as e:

@@ -8,11 +8,7 @@ SavedModels for a stock TensorFlow Serving.
 """
 import tensorflow as tf
 
-from memrec_tf import signature as sig_lib
-
-_MUL1 = sig_lib.as_int64(sig_lib.MIX_MUL1)
-_MUL2 = sig_lib.as_int64(sig_lib.MIX_MUL2)
-
+from memrec_tf.ops import signature as sig_lib
 
 def _shift_right_logical(x, bits):
     # tf.bitwise.right_shift is arithmetic on int64; mask the sign copies.
@@ -20,12 +16,14 @@ def _shift_right_logical(x, bits):
                                   (1 << (64 - bits)) - 1)
 
 
+def _int64_constant(value):
+    return tf.constant(sig_lib.as_int64(value), tf.int64)
+
+
 def _mix64(z):
-    z = tf.bitwise.bitwise_xor(z, _shift_right_logical(z, 30))
-    z = z * _MUL1
-    z = tf.bitwise.bitwise_xor(z, _shift_right_logical(z, 27))
-    z = z * _MUL2
-    return tf.bitwise.bitwise_xor(z, _shift_right_logical(z, 31))
+    # int64 products wrap in TensorFlow, as the kernels' uint64 ones do.
+    return sig_lib.mix64(z, shift_right=_shift_right_logical, constant=_int64_constant,
+                         wrap=lambda v: v)
 
 
 def _keys(ids, signature):
@@ -67,7 +65,7 @@ def hash_rows(ids, signature, num_token_rows, num_weight_rows):
 
     Args:
       ids: int64 tensor [N].
-      signature: a `memrec_tf.signature.Signature`.
+      signature: a `memrec_tf.ops.signature.Signature`.
       num_token_rows: m, rows of the token table.
       num_weight_rows: m_w, rows of the weight table.
 

@@ -1,7 +1,7 @@
 """How many bytes MEM-REC saves: per layer, against the full table it replaces."""
 import dataclasses
 
-import tensorflow as tf
+from memrec_tf.sizing import tables
 
 
 @dataclasses.dataclass
@@ -39,18 +39,23 @@ def memory_report(model, vocab_sizes=None):
     """
     vocab_sizes = dict(vocab_sizes or {})
     rows = []
-    from memrec_tf.layer import memrec_layers
+    from memrec_tf.layers.memrec_embedding import memrec_layers
 
-    for layer in memrec_layers(model):
-        itemsize = tf.as_dtype(layer.variable_dtype or "float32").size
-        width = layer.num_hashes if layer.weight_mode == "per_hash" else 1
+    layers = memrec_layers(model)
+    unknown = sorted(set(vocab_sizes) - {layer.name for layer in layers})
+    if unknown:
+        raise ValueError(f"vocab_sizes names {unknown}, which are not MemRecEmbedding layers "
+                         f"of this model; its layers are {[layer.name for layer in layers]}")
+    for layer in layers:
+        itemsize = tables.dtype_size(layer.variable_dtype)
         vocab = vocab_sizes.get(layer.name, layer.vocabulary_size)
         if isinstance(vocab, (list, tuple)):
             vocab = sum(int(v) for v in vocab)
+        token, weight = layer.table_shapes()
         rows.append(LayerMemory(
             name=layer.name,
-            token_table_bytes=layer.num_token_rows * layer.output_dim * itemsize,
-            weight_table_bytes=layer.num_weight_rows * width * itemsize,
+            token_table_bytes=tables.table_bytes([token], itemsize),
+            weight_table_bytes=tables.table_bytes([weight], itemsize),
             full_table_bytes=int(vocab) * layer.output_dim * itemsize))
     return rows
 

@@ -1,9 +1,9 @@
 """Embeddings of F categorical features, one layer per method, one interface.
 
 Every method's layer maps int64 ids [B, F] (column j: feature j, in the id
-space described in `memrec_tf.models.features`) to float embeddings
+space described in `memrec_tf.features`) to float embeddings
 [B, F, d], and reports its table bytes against the full tables it replaces
-through `embedding_bytes()` (see `embedding_base.CategoricalEmbedding`).
+through `embedding_bytes()` (see `categorical.CategoricalEmbedding`).
 
   method                 layer                      tables
   "memrec"               SharedMemRecEmbedding      one token + one weight table for all F
@@ -12,15 +12,19 @@ through `embedding_bytes()` (see `embedding_base.CategoricalEmbedding`).
   "hashing"              HashingEmbedding           one table of R rows, feature-salted hash
   "qr"                   QREmbedding                remainder + quotient tables (Shi et al. 2020)
 """
-from memrec_tf.models import features
-from memrec_tf.models.baseline_embeddings import FullEmbedding, HashingEmbedding
-from memrec_tf.models.embedding_base import CategoricalEmbedding, EmbeddingBytes
-from memrec_tf.models.memrec_embeddings import PerFeatureMemRecEmbedding, SharedMemRecEmbedding
-from memrec_tf.models.qr_embedding import QREmbedding
+from memrec_tf import features
+from memrec_tf.layers.baselines import FullEmbedding, HashingEmbedding
+from memrec_tf.layers.categorical import CategoricalEmbedding
+from memrec_tf.layers.memrec_embedding import MemRecEmbedding
+from memrec_tf.layers.memrec_features import PerFeatureMemRecEmbedding, SharedMemRecEmbedding
+from memrec_tf.layers.qr import QREmbedding
+from memrec_tf.layers.vocabulary import (VocabularyEmbedding, VocabularyLookup,
+                                         frequency_index, vocabulary_embedding)
 
-__all__ = ["METHODS", "CategoricalEmbedding", "EmbeddingBytes", "FullEmbedding",
-           "HashingEmbedding", "PerFeatureMemRecEmbedding", "QREmbedding",
-           "SharedMemRecEmbedding", "make_embedding"]
+__all__ = ["METHODS", "CategoricalEmbedding", "FullEmbedding", "HashingEmbedding",
+           "MemRecEmbedding", "PerFeatureMemRecEmbedding", "QREmbedding",
+           "SharedMemRecEmbedding", "VocabularyEmbedding", "VocabularyLookup",
+           "frequency_index", "make_embedding", "vocabulary_embedding"]
 
 METHODS = ("memrec", "memrec_per_feature", "full", "hashing", "qr")
 

@@ -1,8 +1,8 @@
 """Exports Keras models with MemRecEmbedding layers as SavedModels for serving.
 
     import memrec_tf.export
-    memrec_tf.export.export(model, "/models/ctr/1", mode="core")
-    loaded = memrec_tf.export.load("/models/ctr/1")
+    memrec_tf.export(model, "/models/ctr/1", mode="core")
+    loaded = memrec_tf.load("/models/ctr/1")
     loaded.signatures["serving_default"](ids=tf.constant([[1, 2, 3, 4]], tf.int64))
 
 The `serving_default` signature takes the model's own Keras inputs (raw int
@@ -15,8 +15,8 @@ Two modes:
            a stock TensorFlow Serving, `saved_model_cli` or any TensorFlow
            process serves it.
   "fused": traced with the fused MemRecLookup op (faster). Whoever loads it
-           must register the op first: `memrec_tf.export.load`, `python -m
-           memrec_tf.saved_model_cli`, the C++ loader in serving/ with
+           must register the op first: `memrec_tf.load`, `python -m
+           memrec_tf.app.saved_model_cli`, the C++ loader in serving/ with
            --op_library, or a TensorFlow Serving built with the op
            (serving/README.md).
 
@@ -29,8 +29,8 @@ prints "could not be listed due to the existence of custom ops"), and the C++
 `tensorflow::LoadSavedModel` loads the bundle and fails at the first
 Session::Run. TensorFlow offers no hook to add a hint to that message.
 The fix is to load memrec_tf first (import memrec_tf;
-memrec_tf.export.load(path)) or to re-export with mode='core'.
-`memrec_tf.export.load` and `python -m memrec_tf.saved_model_cli` re-raise
+memrec_tf.load(path)) or to re-export with mode='core'.
+`memrec_tf.load` and `python -m memrec_tf.app.saved_model_cli` re-raise
 the error with that fix (`explain_load_error`), and every export carries
 assets.extra/memrec_tf_export.json (mode, ops, versions, the fix), which
 TensorFlow ignores and a person can read.
@@ -51,13 +51,13 @@ import tempfile
 import tensorflow as tf
 
 from memrec_tf import ops
-from memrec_tf.layer import memrec_layers
+from memrec_tf.layers.memrec_embedding import memrec_layers
 
 MODES = ("core", "fused")
 SIGNATURE_KEY = "serving_default"
 INFO_DIR = "assets.extra"
 INFO_FILE = "memrec_tf_export.json"
-LOAD_FIX = ("load memrec_tf first (import memrec_tf; memrec_tf.export.load(path)) "
+LOAD_FIX = ("load memrec_tf first (import memrec_tf; memrec_tf.load(path)) "
             "or re-export with mode='core'")
 _UNREGISTERED = re.compile(r"Op type not registered '(MemRec\w*)'")
 

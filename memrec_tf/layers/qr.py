@@ -1,8 +1,9 @@
 """Quotient-remainder compositional embeddings (Shi et al., KDD 2020)."""
 import tensorflow as tf
 
-from memrec_tf.models import features
-from memrec_tf.models.embedding_base import CategoricalEmbedding, per_feature_ints, positive_ints
+from memrec_tf import features
+from memrec_tf.layers import ids as ids_lib
+from memrec_tf.layers.categorical import CategoricalEmbedding, per_feature_ints, positive_ints
 
 keras = tf.keras
 
@@ -89,17 +90,17 @@ class QREmbedding(CategoricalEmbedding):
             initializer=self._quotient_initializer, trainable=True)
         self.built = True
 
-    def table_rows(self):
+    def table_shapes(self):
         return [(sum(self.remainder_rows), self.output_dim),
                 (sum(self.quotient_rows), self.output_dim)]
 
     def rows(self, ids):
         """(remainder rows, quotient rows) of every id [B, F], as int64 [B, F] each."""
         if self.per_feature:
-            index = features.feature_index(ids, self.cardinalities, self.dense_ids, self.seed)
+            index = ids_lib.feature_index(ids, self.cardinalities, self.dense_ids, self.seed)
             count = self.num_features
         else:
-            index = features.global_index(ids, self.cardinalities, self.vocabulary_size,
+            index = ids_lib.global_index(ids, self.cardinalities, self.vocabulary_size,
                                           self.dense_ids, self.seed)
             count = 1
         rem = tf.constant(self.remainder_rows, tf.int64)

@@ -4,13 +4,14 @@ Given the categorical features (per-feature cardinalities, or a total
 vocabulary V for a global dense-index space), the width d and a budget in
 bytes (or a compression factor c, meaning full bytes / c), each function here
 returns the largest configuration of one method whose tables, all of them
-counted, fit the budget. The options plug into `build_model(...,
+counted, fit the budget. The options plug into `memrec_tf.models.build_model(...,
 embedding=config.method, embedding_options=config.options)`.
 """
 import dataclasses
 import math
 
-from memrec_tf.models import features
+from memrec_tf import features
+from memrec_tf.sizing.tables import full_table_bytes, memrec_bytes, weight_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,16 @@ class BudgetConfig:
         return self.full_bytes / self.bytes
 
 
+# Share of a vocabulary signature's token rows given to head rows (the
+# most frequent values' own rows), as measured in the accuracy benchmarks.
+HEAD_FRACTION = 0.25
+
+
+def head_rows(token_rows, vocabulary_size):
+    """The head rows given to a vocabulary signature of `token_rows` token rows."""
+    return min(int(HEAD_FRACTION * token_rows), vocabulary_size)
+
+
 def budget_bytes(full_bytes, budget=None, compression=None):
     """The budget in bytes: `budget` itself, or full_bytes // compression.
 
@@ -53,17 +64,11 @@ def budget_bytes(full_bytes, budget=None, compression=None):
     return int(full_bytes // compression)
 
 
-def _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize):
-    if not cardinalities and not vocabulary_size:
-        raise ValueError("give cardinalities or a vocabulary_size")
-    return features.full_rows(cardinalities or (), vocabulary_size) * output_dim * itemsize
-
-
 def _memrec_rows(budget, output_dim, weight_fraction, num_hashes, num_weight_hashes,
                  weight_mode, num_head_rows, itemsize):
     """(m, m_w) of one MEM-REC layer within `budget` bytes, or None if it cannot fit."""
-    width = num_hashes if weight_mode == "per_hash" else 1
-    token_row, weight_row = output_dim * itemsize, width * itemsize
+    token_row = output_dim * itemsize
+    weight_row = weight_width(num_hashes, weight_mode) * itemsize
     min_token, min_weight = num_head_rows + num_hashes, max(1, num_weight_hashes)
     spare = budget - min_token * token_row
     if spare < min_weight * weight_row:
@@ -83,11 +88,6 @@ def _check_memrec_args(weight_fraction, weight_mode):
         raise ValueError(f"weight_mode must be 'scalar' or 'per_hash', got {weight_mode!r}")
 
 
-def _memrec_bytes(token_rows, weight_rows, output_dim, num_hashes, weight_mode, itemsize):
-    width = num_hashes if weight_mode == "per_hash" else 1
-    return (token_rows * output_dim + weight_rows * width) * itemsize
-
-
 def memrec_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
                   compression=None, weight_fraction=0.125, num_hashes=2, num_weight_hashes=1,
                   weight_mode="scalar", num_head_rows=0, itemsize=4):
@@ -102,7 +102,7 @@ def memrec_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None
         rows k_w needs.
     """
     _check_memrec_args(weight_fraction, weight_mode)
-    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
     budget = budget_bytes(full, budget, compression)
     rows = _memrec_rows(budget, output_dim, weight_fraction, num_hashes, num_weight_hashes,
                         weight_mode, num_head_rows, itemsize)
@@ -114,7 +114,7 @@ def memrec_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None
                    num_weight_hashes=num_weight_hashes, weight_mode=weight_mode)
     if num_head_rows:
         options["num_head_rows"] = num_head_rows
-    used = _memrec_bytes(rows[0], rows[1], output_dim, num_hashes, weight_mode, itemsize)
+    used = memrec_bytes(rows[0], rows[1], output_dim, num_hashes, weight_mode, itemsize)
     return BudgetConfig("memrec", options, used, full)
 
 
@@ -143,9 +143,9 @@ def memrec_per_feature_config(output_dim, cardinalities, vocabulary_size=0, budg
     """
     _check_memrec_args(weight_fraction, weight_mode)
     cards = list(cardinalities)
-    full = _full_bytes(cards, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cards, vocabulary_size, output_dim, itemsize)
     budget = budget_bytes(full, budget, compression)
-    least = _memrec_bytes(num_hashes, max(1, num_weight_hashes), output_dim, num_hashes,
+    least = memrec_bytes(num_hashes, max(1, num_weight_hashes), output_dim, num_hashes,
                           weight_mode, itemsize)
     if least * len(cards) > budget:
         raise ValueError(f"a budget of {budget} bytes is below {least * len(cards)}, the least "
@@ -157,7 +157,7 @@ def memrec_per_feature_config(output_dim, cardinalities, vocabulary_size=0, budg
                               num_weight_hashes, weight_mode, 0, itemsize)
         token_rows.append(m)
         weight_rows.append(m_w)
-    used = sum(_memrec_bytes(m, m_w, output_dim, num_hashes, weight_mode, itemsize)
+    used = sum(memrec_bytes(m, m_w, output_dim, num_hashes, weight_mode, itemsize)
                for m, m_w in zip(token_rows, weight_rows))
     options = dict(num_token_rows=token_rows, num_weight_rows=weight_rows,
                    num_hashes=num_hashes, num_weight_hashes=num_weight_hashes,
@@ -172,7 +172,7 @@ def hashing_config(output_dim, cardinalities=None, vocabulary_size=0, budget=Non
     Raises:
       ValueError: the budget is below one row.
     """
-    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
     budget = budget_bytes(full, budget, compression)
     row = output_dim * itemsize
     rows = min(budget // row, features.full_rows(cardinalities or (), vocabulary_size))
@@ -222,7 +222,7 @@ def qr_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
     if per_feature and (vocabulary_size or not cardinalities):
         raise ValueError("per-feature QR needs per-feature cardinalities, not a global "
                          f"vocabulary_size={vocabulary_size!r}")
-    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
     budget = budget_bytes(full, budget, compression)
     row = output_dim * itemsize
     max_rows = budget // row
@@ -243,7 +243,7 @@ def qr_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
 
 def full_config(output_dim, cardinalities=None, vocabulary_size=0, itemsize=4):
     """The full tables (no options): the baseline every ratio is against."""
-    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
     return BudgetConfig("full", {}, full, full)
 
 
@@ -256,7 +256,7 @@ def budget_configs(output_dim, cardinalities=None, vocabulary_size=0, budget=Non
     rows) is left out, as is memrec_per_feature without per-feature
     cardinalities.
     """
-    full = _full_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
     budget = budget_bytes(full, budget, compression)
     memrec_args = dict(weight_fraction=weight_fraction, num_hashes=num_hashes,
                        num_weight_hashes=num_weight_hashes, weight_mode=weight_mode,

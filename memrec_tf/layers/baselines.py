@@ -1,8 +1,9 @@
 """The uncompressed baseline and the hashing trick."""
 import tensorflow as tf
 
-from memrec_tf.models import features
-from memrec_tf.models.embedding_base import CategoricalEmbedding
+from memrec_tf import features
+from memrec_tf.layers import ids as ids_lib
+from memrec_tf.layers.categorical import CategoricalEmbedding
 
 keras = tf.keras
 
@@ -38,13 +39,13 @@ class FullEmbedding(CategoricalEmbedding):
             table.build((input_shape[0],))
         self.built = True
 
-    def table_rows(self):
+    def table_shapes(self):
         return [(table.input_dim, self.output_dim) for table in self.tables]
 
     def call(self, inputs):
         if self.vocabulary_size:
             return self.tables[0](tf.cast(inputs, tf.int64))
-        index = features.feature_index(inputs, self.cardinalities, self.dense_ids, self.seed)
+        index = ids_lib.feature_index(inputs, self.cardinalities, self.dense_ids, self.seed)
         return tf.stack([table(index[:, j]) for j, table in enumerate(self.tables)], axis=1)
 
     def get_config(self):
@@ -81,12 +82,12 @@ class HashingEmbedding(CategoricalEmbedding):
                                      initializer=self._initializer, trainable=True)
         self.built = True
 
-    def table_rows(self):
+    def table_shapes(self):
         return [(self.num_rows, self.output_dim)]
 
     def rows(self, ids):
         """The table row of every id [B, F]."""
-        return tf.math.floormod(features.hash_ids(ids, self.seed), self.num_rows)
+        return tf.math.floormod(ids_lib.hash_ids(ids, self.seed), self.num_rows)
 
     def call(self, inputs):
         return tf.gather(tf.convert_to_tensor(self.table), self.rows(inputs))

@@ -1,12 +1,12 @@
 """`memrec plan`: MEM-REC sizes for a byte budget, beside the other methods.
 
 The plan sizes every embedding method to the same budget (all tables
-counted) with `memrec_tf.models.budget_configs`, and adds the MEM-REC
+counted) with `memrec_tf.sizing.budget_configs`, and adds the MEM-REC
 options a layer takes. When the values can be given dense indices (a
 vocabulary, as libFM indices already are), it also proposes the
 collision-free vocabulary signature; the mapping from raw ids to indices
-then costs about 16 bytes per value on top (`models.VocabularyLookup`: an
-int64 key and an int64 index per value), which the plan reports separately.
+then costs an int64 key and an int64 index per value on top
+(`sizing.vocabulary_mapping_bytes`), which the plan reports separately.
 
 Given the training counts of the values (`memrec plan --data FILE` counts
 them), it also proposes frequency-aware head rows: the vocabulary signature
@@ -20,11 +20,8 @@ which needs no id->index mapping.
 """
 import numpy as np
 
-from memrec_tf import models
+from memrec_tf import sizing
 
-VOCABULARY_BYTES_PER_VALUE = 16
-# Share of the token rows given to head rows (as measured in the benchmarks).
-HEAD_FRACTION = 0.25
 # Recommend head rows down to this compression (the measured range).
 HEAD_MAX_COMPRESSION = 16.0
 
@@ -53,7 +50,7 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
         if value_counts.size != sum(cards):
             raise ValueError(f"value_counts has {value_counts.size} counts; the cardinalities "
                              f"sum to {sum(cards)}")
-    configs = models.budget_configs(embedding_dim, cards, budget=budget, compression=compression,
+    configs = sizing.budget_configs(embedding_dim, cards, budget=budget, compression=compression,
                                     num_hashes=num_hashes)
     if "memrec" not in configs:
         raise ValueError(f"the budget is too small for a MEM-REC layer with d={embedding_dim}, "
@@ -65,17 +62,17 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
                          "compression": round(config.ratio, 2)}
     shared = dict(configs["memrec"].options)
     try:
-        vocab_config = models.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
+        vocab_config = sizing.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
                                             compression=compression, num_hashes=num_hashes)
         options = dict(vocab_config.options, vocabulary_size=vocab)
         methods["memrec_vocabulary"] = {
             "options": options, "bytes": vocab_config.bytes,
             "compression": round(vocab_config.ratio, 2),
-            "vocabulary_mapping_bytes": vocab * VOCABULARY_BYTES_PER_VALUE}
+            "vocabulary_mapping_bytes": sizing.vocabulary_mapping_bytes(cards)}
     except ValueError:
         pass
     if value_counts is not None and "memrec_vocabulary" in methods:
-        head = _head_method(value_counts, vocab, embedding_dim, budget, compression, num_hashes,
+        head = _head_method(value_counts, cards, embedding_dim, budget, compression, num_hashes,
                             methods["memrec_vocabulary"]["options"]["num_token_rows"])
         if head is not None:
             methods["memrec_vocabulary_head"] = head
@@ -90,18 +87,14 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
             "recommended": recommended, "methods": methods}
 
 
-def head_rows(token_rows, vocabulary_size):
-    """The head rows given to a vocabulary signature of `token_rows` token rows."""
-    return min(int(HEAD_FRACTION * token_rows), vocabulary_size)
-
-
-def _head_method(counts, vocab, embedding_dim, budget, compression, num_hashes, token_rows):
-    """The vocabulary signature with HEAD_FRACTION of its token rows as head rows."""
-    head = head_rows(token_rows, vocab)
+def _head_method(counts, cards, embedding_dim, budget, compression, num_hashes, token_rows):
+    """The vocabulary signature with sizing.HEAD_FRACTION of its token rows as head rows."""
+    vocab = sum(cards)
+    head = sizing.head_rows(token_rows, vocab)
     if head < 1:
         return None
     try:
-        config = models.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
+        config = sizing.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
                                       compression=compression, num_hashes=num_hashes,
                                       num_head_rows=head)
     except ValueError:
@@ -110,7 +103,7 @@ def _head_method(counts, vocab, embedding_dim, budget, compression, num_hashes, 
     total = int(counts.sum())
     return {"options": dict(config.options, vocabulary_size=vocab), "bytes": config.bytes,
             "compression": round(config.ratio, 2),
-            "vocabulary_mapping_bytes": vocab * VOCABULARY_BYTES_PER_VALUE,
+            "vocabulary_mapping_bytes": sizing.vocabulary_mapping_bytes(cards),
             "head_share_of_occurrences": round(float(top.sum()) / total, 4) if total else 0.0,
             "index_order": "by descending training count (memrec_tf.data.frequency_order)"}
 

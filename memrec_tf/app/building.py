@@ -1,0 +1,96 @@
+"""What `memrec train` builds: the embedding sized to a compression, the model
+over the data's feature spec, and its compilation."""
+import tensorflow as tf
+
+from memrec_tf import layers, models, sizing
+from memrec_tf.app.errors import UsageError
+
+keras = tf.keras
+
+# Embeddings of dense indices that the model maps raw ids to by training
+# frequency (layers.VocabularyEmbedding), by the method that reads them:
+# `memrec plan`'s vocabulary configurations (the shared MEM-REC layer,
+# without and with head rows), and the collision-free baselines of the
+# accuracy benchmarks (one QR pair, one full table of all counted values).
+VOCABULARY_METHODS = {"memrec_vocabulary": "memrec", "memrec_vocabulary_head": "memrec",
+                      "qr_vocabulary": "qr", "full_vocabulary": "full"}
+EMBEDDINGS = layers.METHODS + tuple(VOCABULARY_METHODS)
+# The embeddings whose sizes --num-token-rows, --num-hashes, ... set.
+MEMREC_EMBEDDINGS = ("memrec", "memrec_per_feature") + tuple(
+    name for name, inner in VOCABULARY_METHODS.items() if inner == "memrec")
+OPTIMIZERS = {"adam": lambda lr: keras.optimizers.Adam(lr),
+              "adagrad": lambda lr: keras.optimizers.Adagrad(lr),
+              "sgd": lambda lr: keras.optimizers.SGD(lr)}
+
+
+def embedding_options(method, embedding_dim, cardinalities, compression, overrides,
+                      vocabulary_size=0, head_rows=False):
+    """The embedding layer's options: sized to 1/compression, then overridden.
+
+    With `vocabulary_size`, the layer reads that many global dense indices
+    (the cardinalities are not used); `head_rows` then gives a MEM-REC
+    layer `sizing.head_rows` of its token rows as head rows, as
+    `memrec plan` sizes its head-row configuration.
+    """
+    if method == "full":
+        return {}
+    sizers = {"memrec": sizing.memrec_config,
+              "memrec_per_feature": sizing.memrec_per_feature_config,
+              "hashing": sizing.hashing_config, "qr": sizing.qr_config}
+    if method not in sizers:
+        raise UsageError(f"unknown embedding {method!r}; choose one of {layers.METHODS}")
+    kwargs = {}
+    if method.startswith("memrec"):
+        for key in ("num_hashes", "num_weight_hashes", "weight_mode"):
+            if overrides.get(key) is not None:
+                kwargs[key] = overrides[key]
+
+    def size(**extra):
+        return sizers[method](embedding_dim, cardinalities, vocabulary_size=vocabulary_size,
+                              compression=compression, **kwargs, **extra)
+    try:
+        config = size()
+        if head_rows:
+            config = size(num_head_rows=sizing.head_rows(config.options["num_token_rows"],
+                                                           vocabulary_size))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    options = dict(config.options)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return options
+
+
+def compile_model(model, learning_rate, optimizer="adam"):
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc", num_thresholds=4000),
+                           keras.metrics.BinaryCrossentropy(name="logloss")])
+
+
+def build_model(model_kind, spec, embedding, embedding_dim, compression, overrides,
+                hash_seed=0, vocabulary=None):
+    """The uncompiled model of `memrec train` and its embedding options.
+
+    Args:
+      spec: the data's `FeatureSpec`, with every cardinality.
+      embedding: one of EMBEDDINGS; the VOCABULARY_METHODS need `vocabulary`,
+        the training counts of `memrec_tf.data.count_values`.
+      overrides: the MEM-REC sizes given as options (None: sized).
+
+    Returns:
+      (model, embedding options).
+    """
+    method = VOCABULARY_METHODS.get(embedding, embedding)
+    if vocabulary is not None:
+        options = embedding_options(method, embedding_dim, None, compression, overrides,
+                                    vocabulary_size=sum(spec.cardinalities),
+                                    head_rows=embedding == "memrec_vocabulary_head")
+    else:
+        options = embedding_options(method, embedding_dim, spec.cardinalities, compression,
+                                    overrides)
+    model = models.build_model(model_kind, spec, embedding=method, embedding_options=options,
+                               embedding_dim=embedding_dim, seed=hash_seed,
+                               vocabulary=vocabulary)
+    return model, options

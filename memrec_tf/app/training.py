@@ -1,0 +1,266 @@
+"""Training and evaluation runs of DLRM / DCN models on click logs.
+
+The `memrec` command is a thin layer over this module: `train` reads the
+data options (`sources`), builds the model (`building`), fits it under a
+tf.distribute strategy, resuming an interrupted run from its last complete
+epoch, and writes the model, the run file and the metrics (`runs`);
+`evaluate` scores a saved model. Everything a run needs to be evaluated
+again (the data options, the feature spec) is in its run file.
+"""
+import dataclasses
+import os
+import time
+
+import tensorflow as tf
+
+from memrec_tf import data as data_lib
+from memrec_tf import models
+from memrec_tf.app import building, runs, sources
+from memrec_tf.app.errors import UsageError
+from memrec_tf.features import FeatureSpec
+
+keras = tf.keras
+
+STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
+def make_strategy(name):
+    """The tf.distribute strategy of --strategy (workers from TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UsageError("--strategy multi-worker needs TF_CONFIG naming the cluster and "
+                             "this worker's task (see README, 'More than one machine')")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UsageError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+
+
+class _Throughput(keras.callbacks.Callback):
+    """Training examples per second, over the batches of all epochs."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size = batch_size
+        self.examples = 0
+        self.seconds = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds += time.perf_counter() - self._start
+        self.examples += self.batch_size
+
+    @property
+    def examples_per_second(self):
+        return self.examples / self.seconds if self.seconds else 0.0
+
+
+def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
+          compression=16.0, embedding_overrides=None, epochs=1, batch_size=1024,
+          learning_rate=1e-3, optimizer="adam", strategy="default", hash_seed=0, verbose=1,
+          overwrite=False, callbacks=()):
+    """Trains a model and writes it, its run file and its metrics into `output`.
+
+    An interrupted run resumes from its last complete epoch when rerun with
+    the same settings (`runs.prepare_output`). The model and the run file
+    are written before the evaluation, so an evaluation error leaves them in
+    place. `embedding` is one of `building.EMBEDDINGS`; the VOCABULARY_METHODS
+    first count the training file's values, and the model maps raw ids to
+    indices by training count itself. `callbacks` are added after the backup.
+
+    Returns:
+      The metrics dict (also written to `output/metrics.json`).
+    """
+    data_options = data_options.resolved()
+    if data_options.train is None and data_options.format != "synthetic":
+        raise UsageError(f"--format {data_options.format} needs --train FILE")
+    if embedding in building.VOCABULARY_METHODS and data_options.format == "synthetic":
+        raise UsageError(f"--embedding {embedding} counts the values of a --train file; "
+                         "the synthetic format has none")
+    settings = {"data": dataclasses.asdict(data_options), "model": model_kind,
+                "embedding": embedding, "embedding_dim": embedding_dim,
+                "compression": compression,
+                "embedding_overrides": dict(embedding_overrides or {}), "epochs": epochs,
+                "batch_size": batch_size, "learning_rate": learning_rate,
+                "optimizer": optimizer, "strategy": strategy, "hash_seed": hash_seed}
+    resuming = runs.prepare_output(output, settings, overwrite) if runs.is_chief() else False
+    # Same seed, same initial weights: a resumed run and an uninterrupted one
+    # start alike.
+    keras.utils.set_random_seed(data_options.seed)
+    strategy_obj = make_strategy(strategy)
+    global_batch = batch_size * strategy_obj.num_replicas_in_sync
+    vocabulary = None
+    spec = None
+    if embedding in building.VOCABULARY_METHODS:
+        vocabulary, reader_spec = sources.count_training_values(data_options, global_batch)
+        spec = reader_spec.with_cardinalities(data_lib.counted_cardinalities(vocabulary))
+    source = sources.make_source(data_options, global_batch, spec=spec)
+    _check_eval_file(data_options, source.spec, global_batch)
+    with strategy_obj.scope():
+        model, options = building.build_model(
+            model_kind, source.spec, embedding, embedding_dim, compression,
+            dict(embedding_overrides or {}), hash_seed=hash_seed, vocabulary=vocabulary)
+        building.compile_model(model, learning_rate, optimizer)
+    if runs.is_chief():
+        runs.write_json(os.path.join(output, runs.RUN_FILE), {
+            "state": runs.TRAINING, "settings": settings, "resumed": resuming,
+            "spec": source.spec.to_dict(), "embedding_options": options,
+            "batch_size": global_batch})
+    throughput = _Throughput(global_batch)
+    backup_dir = os.path.join(output, runs.BACKUP_DIR)
+    if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
+        start = time.perf_counter()
+        throughput.examples = sources.reading(
+            source.readers, _fit_multi_worker, model, strategy_obj, source.train(global_batch),
+            global_batch, epochs, backup_dir)
+        throughput.seconds = time.perf_counter() - start
+    else:
+        sources.reading(source.readers, model.fit, source.train(global_batch), epochs=epochs,
+                        verbose=verbose, shuffle=False,
+                        callbacks=[throughput, runs.EpochBackup(backup_dir), *callbacks])
+    train_stats = sources.check_rejects(source.readers, data_options.max_rejected)
+    report = models.embedding_report(model)
+    metrics = {"auc": None, "logloss": None,
+               "embedding_bytes": int(report.bytes),
+               "embedding_table_bytes": int(report.table_bytes),
+               "vocabulary_mapping_bytes": int(report.mapping_bytes),
+               "full_embedding_bytes": int(report.full_bytes),
+               "compression": float(report.ratio),
+               "examples_per_second": throughput.examples_per_second,
+               "model": model_kind, "embedding": embedding, "embedding_options": options,
+               "num_replicas": strategy_obj.num_replicas_in_sync, "data": train_stats}
+    if runs.is_chief():
+        runs.save_model(model, output)
+        runs.write_json(os.path.join(output, runs.RUN_FILE), {
+            "state": runs.TRAINED, "settings": settings, "spec": source.spec.to_dict(),
+            "embedding_options": options, "batch_size": global_batch})
+    if source.eval is not None:
+        source.readers.clear()
+        try:
+            if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
+                metrics.update(sources.reading(source.readers, _evaluate_locally, model,
+                                               source.eval(global_batch)))
+            else:
+                metrics.update(sources.reading(source.readers, _evaluate, model,
+                                               source.eval(global_batch), verbose))
+            metrics["eval_data"] = sources.check_rejects(source.readers,
+                                                         data_options.max_rejected)
+        except (UsageError, ValueError, tf.errors.OpError) as e:
+            metrics["eval_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if runs.is_chief():
+        runs.write_json(os.path.join(output, runs.METRICS_FILE), metrics)
+        runs.remove_backup(output)
+    return metrics
+
+
+def _check_eval_file(options, spec, batch_size):
+    """Before training: the --eval file exists, parses, and has the training features."""
+    if options.eval is None or options.format == "synthetic":
+        return
+    reader = sources.make_reader(options, options.eval, batch_size)
+    sources.check_features(spec, reader.spec, options.eval, "the training data")
+    try:
+        first = next(iter(reader.iter_batches()), None)
+    except data_lib.MalformedLineError as e:
+        raise UsageError(f"--eval {e}") from e
+    if first is None:
+        raise UsageError(f"--eval {options.eval} holds no valid rows ("
+                         + "; ".join(sources.read_stats([reader])["first_rejects"][:3])
+                         + ")")
+
+
+def _fit_multi_worker(model, strategy, dataset, global_batch, epochs, backup_dir):
+    """Data-parallel training with MultiWorkerMirroredStrategy.
+
+    Keras 3's `fit` cannot yet drive MultiWorkerMirroredStrategy (it reduces
+    dict batches and per-replica logs in ways the strategy rejects), so this
+    is the custom loop TensorFlow's distributed-training guide describes:
+    `strategy.run` of one step per global batch, gradients all-reduced by the
+    strategy (sparse ones included), the loss averaged over the global batch.
+    Progress is checkpointed every epoch and resumed from `backup_dir`.
+
+    Returns:
+      The number of examples trained on (whole global batches).
+    """
+    loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
+    optimizer = model.optimizer
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(checkpoint, backup_dir, max_to_keep=1)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            predictions = model(features, training=True)
+            per_example = loss_fn(labels, predictions)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def step(features, labels):
+        losses = strategy.run(replica_step, args=(features, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    examples = 0
+    while int(epoch.numpy()) < epochs:
+        for features, labels in distributed:
+            step(features, labels)
+            examples += global_batch
+        epoch.assign_add(1)
+        manager.save()
+    return examples
+
+
+def _evaluate_locally(model, dataset):
+    """AUC and log loss of every eval batch on this worker (no all-reduce)."""
+    auc = keras.metrics.AUC(num_thresholds=4000)
+    logloss = keras.metrics.BinaryCrossentropy()
+    for features, labels in dataset:
+        predictions = model(features, training=False)
+        auc.update_state(labels, predictions)
+        logloss.update_state(labels, predictions)
+    return {"auc": float(auc.result()), "logloss": float(logloss.result())}
+
+
+def _evaluate(model, dataset, verbose):
+    results = model.evaluate(dataset, verbose=verbose, return_dict=True)
+    return {"auc": float(results["auc"]), "logloss": float(results["logloss"])}
+
+
+def evaluate(model_dir, data_options=None, batch_size=None, verbose=1):
+    """AUC, log loss and bytes of a saved model on `data_options.eval` data.
+
+    Without data options, the run's own evaluation data is used; without a
+    batch size, the run's (the synthetic generator's rows depend on it).
+    """
+    model = runs.load_model(model_dir)
+    run = runs.read_json(os.path.join(model_dir, runs.RUN_FILE))
+    spec = FeatureSpec.from_any(run["spec"])
+    if data_options is None:
+        data_options = sources.DataOptions(**run["settings"]["data"])
+        data_options = dataclasses.replace(data_options, train=None)
+    options = dataclasses.replace(data_options.resolved(),
+                                  cardinalities=list(spec.cardinalities))
+    if options.format != "synthetic":
+        reader = sources.make_reader(options, sources.check_file(options.eval, "--data"), 1)
+        sources.check_features(spec, reader.spec, options.eval, f"the model in {model_dir}")
+    batch_size = batch_size or run.get("batch_size", 1024)
+    source = sources.make_source(options, batch_size, spec=spec)
+    if source.eval is None:
+        raise UsageError("--data FILE is required to evaluate on this format")
+    report = models.embedding_report(model)
+    metrics = sources.reading(source.readers, _evaluate, model, source.eval(batch_size), verbose)
+    metrics.update(embedding_bytes=int(report.bytes),
+                   full_embedding_bytes=int(report.full_bytes),
+                   data=sources.check_rejects(source.readers, options.max_rejected))
+    return metrics
