@@ -23,6 +23,12 @@ from memrec_tf.ops.signature import Signature
 from memrec_tf.saved_model import export, load
 from memrec_tf.sizing import LayerMemory, format_report, memory_report
 
+# Registering the fused ops now lets a plain tf.saved_model.load read a fused
+# export once memrec_tf is imported; without the library, nothing happens here
+# (the layers warn and use the built-in ops when first called).
+from memrec_tf import ops as _ops  # noqa: E402
+_ops.is_available()
+
 __version__ = "0.1.0"
 
 __all__ = ["LayerMemory", "MemRecEmbedding", "OpLibraryError", "Signature", "export",

@@ -33,14 +33,6 @@ def _warn_fallback_once(reason):
             RuntimeWarning, stacklevel=3)
 
 
-def _in_xla_context():
-    # tf.function(jit_compile=True) traces inside an XLA control-flow context;
-    # the fused op has no XLA kernel, the built-in-ops path compiles.
-    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
 def ids_to_int64(ids):
     """int32/int64 ids as int64; strings through TensorFlow's fingerprint op.
 
@@ -213,7 +205,7 @@ class MemRecEmbedding(keras.layers.Layer):
         if self.implementation == "fused":
             ops.load_library()  # raises OpLibraryError with the fix
             return True
-        if _in_xla_context():
+        if core.in_xla_context():
             return False
         available, reason = ops.is_available()
         if not available:

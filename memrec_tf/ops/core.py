@@ -94,12 +94,48 @@ def hash_rows(ids, signature, num_token_rows, num_weight_rows):
     return token, weight
 
 
+def in_xla_context():
+    """True while tracing inside tf.function(jit_compile=True)."""
+    # pylint: disable-next=g-direct-tensorflow-import,g-import-not-at-top
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def gather_rows(table, rows):
+    """tf.gather(table, rows) whose gradient holds each row once, rows ascending.
+
+    tf.gather's own gradient has one entry per gathered row, duplicates
+    included, and optimizers with per-row state (Keras 3's Adam, Adagrad,
+    RMSprop) apply duplicate entries differently from their sum. This
+    gradient sums them first, as the fused op's does. Inside XLA (no dynamic
+    shapes) it is tf.gather's own.
+    """
+    if in_xla_context():
+        return tf.gather(table, rows)
+
+    @tf.custom_gradient
+    def gather(values):
+        def grad(upstream):
+            flat = tf.reshape(rows, [-1])
+            unique, position = tf.unique(flat, out_idx=tf.int64)
+            summed = tf.math.unsorted_segment_sum(
+                tf.reshape(upstream, [-1, tf.shape(values)[1]]), position, tf.size(unique))
+            order = tf.argsort(unique)
+            return tf.IndexedSlices(tf.gather(summed, order), tf.gather(unique, order),
+                                    tf.shape(values, out_type=tf.int64))
+        return tf.gather(values, rows), grad
+
+    return gather(table)
+
+
 def lookup(ids, row_splits, weights, token_table, weight_table, signature,
            combiner="sum", weight_mode="scalar"):
     """The MemRecLookup op written with built-in ops (same arguments).
 
-    Gradients flow to both tables (as IndexedSlices, through tf.gather);
-    per-id weights are treated as constants, as in the fused op.
+    Gradients flow to both tables as IndexedSlices with each row once, rows
+    ascending, as the fused op's (`gather_rows`); per-id weights are treated
+    as constants, as in the fused op.
     """
     dtype = token_table.dtype
     # half and bfloat16 accumulate in float32, as the fused kernels do.
@@ -111,11 +147,11 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
                          f"{token_table.shape} and {weight_table.shape}")
     token_rows, weight_rows = hash_rows(ids, signature, int(token_table.shape[0]),
                                         int(weight_table.shape[0]))
-    rows = tf.gather(table, token_rows)  # [N, k, d]
+    rows = gather_rows(table, token_rows)  # [N, k, d]
     n = tf.size(ids)
     width = signature.num_hashes if weight_mode == "per_hash" else 1
     if signature.num_weight_hashes > 0:
-        alpha = tf.reduce_sum(tf.gather(wtable, weight_rows), axis=1)  # [N, width]
+        alpha = tf.reduce_sum(gather_rows(wtable, weight_rows), axis=1)  # [N, width]
     else:
         alpha = tf.ones([n, width], compute)
     if weight_mode == "per_hash":

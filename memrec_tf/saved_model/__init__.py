@@ -41,7 +41,6 @@ the target path. Replacing an existing model (overwrite=True) moves the old
 one aside, renames the new one in and then deletes the old one: a reader
 sees the old model, briefly no model, then the new one; never a mix.
 """
-import contextlib
 import json
 import os
 import re
@@ -52,6 +51,8 @@ import tensorflow as tf
 
 from memrec_tf import ops
 from memrec_tf.layers.memrec_embedding import memrec_layers
+from memrec_tf.saved_model import writing
+from memrec_tf.saved_model.writing import forced_implementation
 
 MODES = ("core", "fused")
 SIGNATURE_KEY = "serving_default"
@@ -106,167 +107,6 @@ def read_export_info(path):
         return None
 
 
-# ------------------------------------------------------------------- export
-
-
-def _is_keras3(model):
-    try:
-        import keras  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return False
-    return int(keras.__version__.split(".")[0]) >= 3 and isinstance(model, keras.Model)
-
-
-def _is_keras3_graph_model(model):
-    """A Keras 3 functional or Sequential model (inputs known with dtypes)."""
-    import keras  # pylint: disable=g-import-not-at-top
-    from keras.src.models.functional import Functional  # pylint: disable=g-import-not-at-top
-
-    return isinstance(model, (Functional, keras.Sequential))
-
-
-def _is_tf_keras(model):
-    try:
-        import tf_keras  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return False
-    return isinstance(model, tf_keras.Model)
-
-
-@contextlib.contextmanager
-def forced_implementation(layers, implementation):
-    """Sets every layer's `implementation` for the duration; always restores it."""
-    saved = [(layer, layer.implementation) for layer in layers]
-    try:
-        for layer in layers:
-            layer.implementation = implementation
-        yield
-    finally:
-        for layer, value in saved:
-            layer.implementation = value
-
-
-def _to_tensor_spec(spec):
-    if isinstance(spec, tf.TypeSpec):
-        return spec
-    shape = getattr(spec, "shape", None)
-    dtype = getattr(spec, "dtype", None)
-    if dtype is None:
-        raise ValueError(f"signature entries must be tf.TensorSpec, keras.InputSpec or "
-                         f"Keras inputs with a dtype, got {spec!r}")
-    return tf.TensorSpec(shape, tf.as_dtype(dtype), name=getattr(spec, "name", None))
-
-
-def _input_specs(model, signature):
-    """The serving function's positional argument specs (a list)."""
-    if signature is not None:
-        if not isinstance(signature, (list, tuple)):
-            signature = [signature]
-        return [tf.nest.map_structure(_to_tensor_spec, arg) for arg in signature]
-    if _is_keras3(model):
-        # pylint: disable-next=g-import-not-at-top
-        from keras.src.export.export_utils import get_input_signature
-
-        if not _is_keras3_graph_model(model):
-            raise ValueError(
-                f"cannot infer the inputs of the subclassed model {model.name!r}: Keras "
-                "records only their shapes (as float32), not the dtypes of ids. Pass "
-                "signature=, e.g. [tf.TensorSpec([None, 4], tf.int64, name='ids')].")
-        try:
-            specs = get_input_signature(model)
-        except ValueError as e:
-            raise ValueError(
-                f"cannot export model {model.name!r}: it has never been called, so its "
-                "inputs are unknown. Call it on a batch (or build it from keras.Input) "
-                f"before exporting, or pass signature=. ({e})") from e
-        return [tf.nest.map_structure(_to_tensor_spec, arg) for arg in specs]
-    save_spec = model.save_spec(dynamic_batch=True)
-    if save_spec is not None:
-        args, _ = save_spec
-        return list(args)
-    inputs = getattr(model, "_nested_inputs", None)
-    if inputs is None:
-        raise ValueError(
-            f"cannot export model {model.name!r}: it has never been called, so its "
-            "inputs are unknown. Call it on a batch before exporting, or pass signature=.")
-    return [tf.nest.map_structure(lambda t: tf.TensorSpec(
-        [None] + list(t.shape[1:]), t.dtype, name=t.name.split(":")[0]), inputs)]
-
-
-def _check_built(model):
-    if not getattr(model, "built", False):
-        raise ValueError(
-            f"cannot export model {getattr(model, 'name', model)!r}: it has not been "
-            "built. Call it on a batch of inputs (or build it from keras.Input) before "
-            "exporting.")
-    for layer in memrec_layers(model):
-        if not layer.built:
-            raise ValueError(
-                f"cannot export model {model.name!r}: its MemRecEmbedding layer "
-                f"{layer.name!r} has not been built. Call the model on a batch first.")
-
-
-def _serving_fn(model, specs):
-    """Calls the model in inference mode after checking each dense input's shape.
-
-    The signature functions of a loaded SavedModel check dtypes but not
-    shapes; tf.ensure_shape turns a request of the wrong rank or width into
-    an InvalidArgumentError that names the expected shape, instead of an
-    error deep inside the model.
-    """
-    def check(value, spec):
-        if isinstance(spec, tf.TensorSpec) and spec.shape.rank is not None:
-            return tf.ensure_shape(value, spec.shape)
-        return value
-
-    def serve(*args):
-        args = tf.nest.map_structure(check, list(args), list(specs))
-        return model(*args, training=False)
-
-    return serve
-
-
-def _write_keras3(model, path, specs):
-    import keras  # pylint: disable=g-import-not-at-top
-
-    archive = keras.export.ExportArchive()
-    if _is_keras3_graph_model(model):
-        archive.track(model)
-    else:
-        # Tracking a subclassed Model makes the SavedModel walk evaluate its
-        # `_default_save_signature`, which traces the model on float32 inputs
-        # of its build shapes: that fails for integer or string ids. Its
-        # layers carry the same resources (variables are collected from the
-        # endpoint anyway).
-        # pylint: disable-next=protected-access
-        children = model._flatten_layers(include_self=False, recursive=False)
-        for layer in children:
-            archive.track(layer)
-    archive.add_endpoint("serve", _serving_fn(model, specs), specs)
-    archive.write_out(path, verbose=False)
-
-
-def _write_tf_keras(model, path, specs):
-    serve = _serving_fn(model, specs)
-
-    def named_outputs(*args):
-        outputs = serve(*args)
-        if isinstance(outputs, dict):
-            return outputs
-        flat = tf.nest.flatten(outputs)
-        return {f"output_{i}": t for i, t in enumerate(flat)}
-
-    function = tf.function(named_outputs, input_signature=specs, autograph=False)
-    tf.saved_model.save(model, path, signatures={SIGNATURE_KEY: function.get_concrete_function()})
-
-
-def _write_saved_model(model, path, specs):
-    if _is_keras3(model):
-        _write_keras3(model, path, specs)
-    else:
-        _write_tf_keras(model, path, specs)
-
-
 def _verify(path, mode, layers):
     found = memrec_op_types(path)
     if mode == "core" and found:
@@ -298,7 +138,7 @@ def _write_info(path, mode, model, found, specs):
         "memrec_ops": sorted(found),
         "memrec_tf_version": memrec_tf.__version__,
         "tensorflow_version": tf.__version__,
-        "keras": "keras3" if _is_keras3(model) else "tf_keras",
+        "keras": "keras3" if writing.is_keras3(model) else "tf_keras",
         "signature": SIGNATURE_KEY,
         "inputs": inputs,
         "op_library": os.path.basename(ops.library_path()) if found else None,
@@ -328,7 +168,6 @@ def _move_into_place(new, target):
     except BaseException:
         os.rename(old, target)
         raise
-
 
 def export(model, path, mode="core", overwrite=False, signature=None):
     """Writes `model` as a SavedModel whose `serving_default` takes raw features.
@@ -365,9 +204,9 @@ def export(model, path, mode="core", overwrite=False, signature=None):
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (_is_keras3(model) or _is_tf_keras(model)):
+    if not (writing.is_keras3(model) or writing.is_tf_keras(model)):
         raise TypeError(f"export needs a Keras 3 or tf-keras Model, got {type(model).__name__}")
-    _check_built(model)
+    writing.check_built(model)
     target = os.path.abspath(os.fspath(path))
     if os.path.lexists(target) and not overwrite:
         raise FileExistsError(
@@ -375,7 +214,7 @@ def export(model, path, mode="core", overwrite=False, signature=None):
     if mode == "fused":
         ops.load_library()  # raises OpLibraryError naming the fix
     layers = memrec_layers(model)
-    specs = _input_specs(model, signature)
+    specs = writing.input_specs(model, signature)
 
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
@@ -383,7 +222,7 @@ def export(model, path, mode="core", overwrite=False, signature=None):
     try:
         staged = os.path.join(scratch, "model")
         with forced_implementation(layers, mode):
-            _write_saved_model(model, staged, specs)
+            writing.write_saved_model(model, staged, specs)
         found = _verify(staged, mode, layers)
         _write_info(staged, mode, model, found, specs)
         _move_into_place(staged, target)
