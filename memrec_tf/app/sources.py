@@ -109,7 +109,11 @@ def make_reader(options, path, batch_size):
         if not options.columns:
             raise UsageError("--format csv needs --columns "
                              "'label=NAME,categorical=A,B,...,numeric=X,Y,...'")
-        return data_lib.CSVReader([path], columns=options.columns, delimiter=options.delimiter,
+        try:
+            columns = data_lib.ColumnSpec.parse(options.columns)
+        except ValueError as e:
+            raise UsageError(f"--columns: {e}") from e
+        return data_lib.CSVReader([path], columns=columns, delimiter=options.delimiter,
                                   label_threshold=options.label_threshold,
                                   batch_size=batch_size, on_error=options.on_error)
     raise UsageError(f"unknown format {fmt!r}; choose one of {FORMATS}")

@@ -1,0 +1,149 @@
+"""`memrec` never trains on something other than what was asked, never keeps
+a quiet majority of bad lines, and never loses a trained model or resumes
+another run's state."""
+import json
+
+import numpy as np
+import pytest
+
+from memrec_tf.app import cli
+
+FAST = ["--batch-size", "64", "--quiet", "--compression", "2", "--epochs", "1"]
+
+
+def _criteo_file(path, rows=200, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(rows):
+        ints = [str(int(v)) for v in rng.integers(0, 50, 13)]
+        cats = [f"{int(v):08x}" for v in rng.integers(0, 40, 26)]
+        lines.append("\t".join([str(int(rng.random() < 0.3)), *ints, *cats]))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _libfm_file(path, rows=200, seed=1):
+    rng = np.random.default_rng(seed)
+    path.write_text("".join(f"{rng.choice([-1, 1])} {rng.integers(0, 10)}:1 "
+                            f"{10 + rng.integers(0, 10)}:1\n" for _ in range(rows)))
+    return str(path)
+
+
+def _metrics(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_format_is_inferred_from_the_file(tmp_path):
+    train = _criteo_file(tmp_path / "x.tsv")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--train", train, "--eval", train, "--output", str(out),
+                     *FAST]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["data"]["format"] == "criteo"
+    assert _metrics(out)["data"]["rows_read"] == 200  # the file, not synthetic rows
+    libfm = _libfm_file(tmp_path / "frappe.txt")
+    out = tmp_path / "libfm"
+    assert cli.main(["train", "--train", libfm, "--libfm-fields", "2", "--output", str(out),
+                     *FAST]) == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["data"]["format"] == "libfm"
+
+
+def test_unknown_format_or_missing_file_names_the_flag(tmp_path, capsys):
+    odd = tmp_path / "odd.dat"
+    odd.write_text("hello world\n")
+    assert cli.main(["train", "--train", str(odd), "--output", str(tmp_path / "r")]) == 2
+    assert "--format" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model-dir", str(tmp_path / "r"),
+                     "--data", str(tmp_path / "missing.tsv")]) == 2
+    assert cli.main(["train", "--train", str(tmp_path / "missing.tsv"),
+                     "--output", str(tmp_path / "r")]) == 2
+    assert "missing.tsv" in capsys.readouterr().err
+
+
+def _ratings_csv(path, rows=300, seed=2):
+    rng = np.random.default_rng(seed)
+    lines = ["user,item,rating"] + [f"u{rng.integers(0, 30)},i{rng.integers(0, 50)},"
+                                    f"{rng.integers(1, 6)}" for _ in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_a_majority_of_rejected_lines_is_an_error_and_label_threshold_fixes_it(tmp_path,
+                                                                              capsys):
+    csv = _ratings_csv(tmp_path / "ratings.csv")
+    columns = ["--columns", "label=rating,categorical=user,item"]
+    assert cli.main(["train", "--train", csv, *columns, "--output", str(tmp_path / "a"),
+                     *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "malformed" in err and "--label-threshold" in err and "of 300 lines" in err
+    out = tmp_path / "b"
+    assert cli.main(["train", "--train", csv, *columns, "--label-threshold", "4",
+                     "--output", str(out), *FAST]) == 0
+    assert _metrics(out)["data"]["rows_rejected"] == 0
+
+
+def test_a_bad_eval_file_stops_before_training(tmp_path, capsys):
+    train = _criteo_file(tmp_path / "train.tsv")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    garbage = tmp_path / "garbage.tsv"
+    garbage.write_text("not\ta\tcriteo\tline\n" * 20)
+    other = _libfm_file(tmp_path / "other.libfm")
+    for bad in (str(empty), str(garbage), other):
+        out = tmp_path / "run"
+        code = cli.main(["train", "--format", "criteo", "--train", train, "--eval", bad,
+                         "--output", str(out), *FAST])
+        assert code == 2, bad
+        assert bad in capsys.readouterr().err
+        assert not (out / "model.keras").exists()
+
+
+def test_an_evaluation_error_keeps_the_trained_model(tmp_path, capsys, monkeypatch):
+    from memrec_tf.app import training
+
+    def failing(*args, **kwargs):
+        raise ValueError("the evaluation broke")
+
+    monkeypatch.setattr(training, "_evaluate", failing)
+    train = _criteo_file(tmp_path / "train.tsv")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--train", train, "--eval", train, "--output", str(out),
+                     *FAST]) == 1
+    assert "the evaluation broke" in capsys.readouterr().err
+    assert (out / "model.keras").exists()
+    assert json.loads((out / "run.json").read_text())["state"] == "trained"
+
+
+def test_never_resume_or_replace_another_run(tmp_path, capsys):
+    train = _criteo_file(tmp_path / "train.tsv")
+    out = tmp_path / "run"
+    base = ["train", "--train", train, "--output", str(out), *FAST]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main(base) == 2
+    err = capsys.readouterr().err
+    assert "finished run" in err and "--overwrite" in err
+    assert cli.main(base + ["--overwrite"]) == 0
+    # An unfinished run with other settings is named, not resumed.
+    run = json.loads((out / "run.json").read_text())
+    run["state"] = "training"
+    (out / "run.json").write_text(json.dumps(run))
+    assert cli.main(base + ["--learning-rate", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and "--overwrite" in err
+
+
+def test_output_path_through_a_file_is_a_usage_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["train", "--synthetic-rows", "64", "--synthetic-eval-rows", "64",
+                     "--output", str(blocker / "run"), *FAST]) == 2
+    assert "file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("columns", ["click,site", "label=a,label=b", "bogus=x"])
+def test_bad_column_specs_exit_2(tmp_path, capsys, columns):
+    csv = _ratings_csv(tmp_path / "r.csv")
+    assert cli.main(["train", "--train", csv, "--columns", columns,
+                     "--output", str(tmp_path / "r"), *FAST]) == 2
+    assert "column spec" in capsys.readouterr().err
