@@ -126,7 +126,9 @@ def build_parser():
     p.add_argument("--num-hashes", type=_positive(int), help="memrec: k")
     p.add_argument("--num-weight-hashes", type=int, help="memrec: k_w (0: no weight table)")
     p.add_argument("--weight-mode", choices=("scalar", "per_hash"))
-    p.add_argument("--epochs", type=_positive(int), default=1)
+    p.add_argument("--epochs", type=_positive(int),
+                   help="train this many epochs (default: until the AUC on held-out training "
+                        "batches stops improving, at most 50 epochs; the best weights are kept)")
     p.add_argument("--batch-size", type=_positive(int), default=1024,
                    help="per replica")
     p.add_argument("--learning-rate", type=_positive(float), default=1e-3)
@@ -263,7 +265,7 @@ def _cmd_plan(args):
         options = sources.DataOptions(format=args.format, train=args.data, columns=args.columns,
                                       delimiter=args.delimiter,
                                       libfm_fields=args.libfm_fields).resolved()
-        counted, _ = sources.count_training_values(options)
+        counted, _, _ = sources.count_training_values(options)
         # As `memrec train` sizes its layers: the counted values plus one index
         # per feature for values never seen in training.
         cards = data.counted_cardinalities(counted)

@@ -128,7 +128,7 @@ def count_training_values(options, batch_size=8192):
     except data_lib.TooManyValuesError as e:
         raise UsageError(f"{e} in {path}: pass --cardinalities instead of counting them") from e
     check_rejects([reader], options.max_rejected)
-    return counted, reader.spec
+    return counted, reader.spec, reader.stats.rows_read
 
 
 @dataclasses.dataclass
@@ -139,6 +139,7 @@ class Source:
     eval: object             # callable(batch_size) -> tf.data.Dataset, or None
     spec: FeatureSpec        # with every cardinality
     readers: list            # file readers, for their malformed-line stats
+    train_rows: int = None   # rows of the training data, where counted
 
 
 def _as_model_batches(dataset):
@@ -147,7 +148,7 @@ def _as_model_batches(dataset):
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def make_source(options, batch_size, spec=None):
+def make_source(options, batch_size, spec=None, train_rows=None):
     """Pipelines for the training and evaluation data of `options`.
 
     Args:
@@ -169,7 +170,7 @@ def make_source(options, batch_size, spec=None):
         return Source(
             train=lambda b: _as_model_batches(synthetic(options.synthetic_rows, 0).dataset()),
             eval=lambda b: _as_model_batches(synthetic(options.synthetic_eval_rows, 1).dataset()),
-            spec=spec or synthetic(1, 0).spec, readers=[])
+            spec=spec or synthetic(1, 0).spec, readers=[], train_rows=options.synthetic_rows)
     readers = []
 
     def pipeline(path):
@@ -187,21 +188,54 @@ def make_source(options, batch_size, spec=None):
     if options.eval is not None:
         check_file(options.eval, "--eval")
     if spec is None:
-        spec = _counted_spec(options, batch_size)
+        spec, train_rows = _counted_spec(options, batch_size)
     return Source(train=pipeline(options.train), eval=pipeline(options.eval), spec=spec,
-                  readers=readers)
+                  readers=readers, train_rows=train_rows)
 
 
 def _counted_spec(options, batch_size):
     if options.cardinalities is None:
-        counted, spec = count_training_values(options, batch_size)
-        return spec.with_cardinalities(data_lib.counted_cardinalities(counted))
+        counted, spec, rows = count_training_values(options, batch_size)
+        return spec.with_cardinalities(data_lib.counted_cardinalities(counted)), rows
     path = options.train or options.eval
     spec = make_reader(options, path, batch_size).spec
     if len(options.cardinalities) != spec.num_categorical:
         raise UsageError(f"--cardinalities has {len(options.cardinalities)} entries but "
                          f"{path} has {spec.num_categorical} categorical features")
-    return spec.with_cardinalities(options.cardinalities)
+    return spec.with_cardinalities(options.cardinalities), None
+
+
+def holdout_every(rows, batch_size):
+    """Every how many training batches one is held out for validation.
+
+    One in ten; for data of few batches one in (batches // 2), but at least
+    one in two, so that a small file still validates on whole batches.
+    """
+    if not rows:
+        return 10
+    batches = -(-rows // batch_size)
+    return max(2, min(10, batches // 2))
+
+
+def split_holdout(dataset, every):
+    """(training, validation) batches of `dataset`: every `every`-th batch is
+    held out for validation, the same batches in every epoch."""
+    @tf.autograph.experimental.do_not_convert
+    def held_out(i, batch):
+        del batch
+        return i % every == every - 1
+
+    @tf.autograph.experimental.do_not_convert
+    def kept(i, batch):
+        return tf.logical_not(held_out(i, batch))
+
+    @tf.autograph.experimental.do_not_convert
+    def batch_of(i, batch):
+        del i
+        return batch
+
+    indexed = dataset.enumerate()
+    return indexed.filter(kept).map(batch_of), indexed.filter(held_out).map(batch_of)
 
 
 def check_features(spec, reader_spec, path, what):

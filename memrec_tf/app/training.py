@@ -22,6 +22,10 @@ from memrec_tf.features import FeatureSpec
 keras = tf.keras
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
+# Without --epochs: train until the AUC on held-out training batches has not
+# improved for PATIENCE epochs (at most MAX_EPOCHS), and keep the best weights.
+MAX_EPOCHS = 50
+PATIENCE = 3
 
 
 def make_strategy(name):
@@ -60,7 +64,7 @@ class _Throughput(keras.callbacks.Callback):
 
 
 def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
-          compression=16.0, embedding_overrides=None, epochs=1, batch_size=1024,
+          compression=16.0, embedding_overrides=None, epochs=None, batch_size=1024,
           learning_rate=1e-3, optimizer="adam", strategy="default", hash_seed=0, verbose=1,
           overwrite=False, callbacks=()):
     """Trains a model and writes it, its run file and its metrics into `output`.
@@ -71,6 +75,9 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     place. `embedding` is one of `building.EMBEDDINGS`; the VOCABULARY_METHODS
     first count the training file's values, and the model maps raw ids to
     indices by training count itself. `callbacks` are added after the backup.
+    `epochs` None trains to convergence: it holds out every few training
+    batches (`sources.holdout_every`), stops when their AUC has not improved
+    for PATIENCE epochs (at most MAX_EPOCHS) and keeps the best weights.
 
     Returns:
       The metrics dict (also written to `output/metrics.json`).
@@ -95,10 +102,12 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     global_batch = batch_size * strategy_obj.num_replicas_in_sync
     vocabulary = None
     spec = None
+    train_rows = None
     if embedding in building.VOCABULARY_METHODS:
-        vocabulary, reader_spec = sources.count_training_values(data_options, global_batch)
+        vocabulary, reader_spec, train_rows = sources.count_training_values(data_options,
+                                                                            global_batch)
         spec = reader_spec.with_cardinalities(data_lib.counted_cardinalities(vocabulary))
-    source = sources.make_source(data_options, global_batch, spec=spec)
+    source = sources.make_source(data_options, global_batch, spec=spec, train_rows=train_rows)
     _check_eval_file(data_options, source.spec, global_batch)
     with strategy_obj.scope():
         model, options = building.build_model(
@@ -112,16 +121,31 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
             "batch_size": global_batch})
     throughput = _Throughput(global_batch)
     backup_dir = os.path.join(output, runs.BACKUP_DIR)
-    if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
+    multi_worker = isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker and epochs is None:
+        raise UsageError("--strategy multi-worker needs --epochs")
+    if multi_worker:
         start = time.perf_counter()
         throughput.examples = sources.reading(
             source.readers, _fit_multi_worker, model, strategy_obj, source.train(global_batch),
             global_batch, epochs, backup_dir)
         throughput.seconds = time.perf_counter() - start
     else:
-        sources.reading(source.readers, model.fit, source.train(global_batch), epochs=epochs,
-                        verbose=verbose, shuffle=False,
-                        callbacks=[throughput, runs.EpochBackup(backup_dir), *callbacks])
+        fit_args = dict(epochs=epochs)
+        stopping = []
+        dataset = source.train(global_batch)
+        if epochs is None:
+            every = sources.holdout_every(source.train_rows, global_batch)
+            dataset, validation = sources.split_holdout(dataset, every)
+            fit_args = dict(epochs=MAX_EPOCHS, validation_data=validation)
+            stopping = [keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                                      patience=PATIENCE,
+                                                      restore_best_weights=True)]
+        history = sources.reading(
+            source.readers, model.fit, dataset, verbose=verbose, shuffle=False,
+            callbacks=[throughput, runs.EpochBackup(backup_dir), *stopping, *callbacks],
+            **fit_args)
+        epochs_run = len(history.history.get("loss", []))
     train_stats = sources.check_rejects(source.readers, data_options.max_rejected)
     report = models.embedding_report(model)
     metrics = {"auc": None, "logloss": None,
@@ -132,7 +156,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                "compression": float(report.ratio),
                "examples_per_second": throughput.examples_per_second,
                "model": model_kind, "embedding": embedding, "embedding_options": options,
-               "num_replicas": strategy_obj.num_replicas_in_sync, "data": train_stats}
+               "num_replicas": strategy_obj.num_replicas_in_sync, "data": train_stats,
+               "epochs": epochs if multi_worker else epochs_run}
     if runs.is_chief():
         runs.save_model(model, output)
         runs.write_json(os.path.join(output, runs.RUN_FILE), {
@@ -141,7 +166,7 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     if source.eval is not None:
         source.readers.clear()
         try:
-            if isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy):
+            if multi_worker:
                 metrics.update(sources.reading(source.readers, _evaluate_locally, model,
                                                source.eval(global_batch)))
             else:
