@@ -33,6 +33,20 @@ def _warn_fallback_once(reason):
             RuntimeWarning, stacklevel=3)
 
 
+def _same_structure(weights, ids):
+    """`weights`, checked to have the shape of `ids` (statically when known)."""
+    if weights.shape.rank is not None and ids.shape.rank is not None:
+        if not weights.shape.is_compatible_with(ids.shape):
+            raise ValueError(f"weights must have the shape of the ids, {ids.shape}; got "
+                             f"{weights.shape}")
+        if weights.shape.is_fully_defined() and ids.shape.is_fully_defined():
+            return weights
+    check = tf.debugging.assert_equal(tf.shape(weights), tf.shape(ids),
+                                      message="weights must have the shape of the ids")
+    with tf.control_dependencies([check]):
+        return tf.identity(weights)
+
+
 def ids_to_int64(ids):
     """int32/int64 ids as int64; strings through TensorFlow's fingerprint op.
 
@@ -129,8 +143,8 @@ class MemRecEmbedding(keras.layers.Layer):
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-        if not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        if not isinstance(seed, int) or not -2**63 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in the int64 range, got {seed!r}")
         if salt_columns and combiner is not None:
             raise ValueError("salt_columns=True needs combiner=None (one feature per column), "
                              f"got combiner={combiner!r}")
@@ -238,10 +252,14 @@ class MemRecEmbedding(keras.layers.Layer):
         if isinstance(inputs, tf.RaggedTensor):
             return self._call_ragged(inputs, weights)
         ids = ids_to_int64(tf.convert_to_tensor(inputs))
-        if weights is not None:
-            weights = tf.convert_to_tensor(weights)
         if ids.shape.rank == 0:
             raise ValueError("MemRecEmbedding needs ids of rank >= 1, got a scalar")
+        if self.salt_columns and (ids.shape.rank < 2 or ids.shape[-1] != self._num_salts):
+            raise ValueError(f"this salt_columns=True layer was built for ids [..., "
+                             f"{self._num_salts}] (one column per feature), got shape "
+                             f"{ids.shape}")
+        if weights is not None:
+            weights = _same_structure(tf.convert_to_tensor(weights), ids)
         flat = tf.reshape(ids, [-1])
         flat_weights = None if weights is None else tf.reshape(weights, [-1])
         if self.combiner is None:
@@ -261,6 +279,12 @@ class MemRecEmbedding(keras.layers.Layer):
         if weights is not None and not isinstance(weights, tf.RaggedTensor):
             raise ValueError("weights must be a tf.RaggedTensor like the ids, got "
                              f"{type(weights).__name__}")
+        if weights is not None:
+            checks = [tf.debugging.assert_equal(
+                a, b, message="weights must have the ragged row lengths of the ids")
+                for a, b in zip(weights.nested_row_splits, inputs.nested_row_splits)]
+            with tf.control_dependencies(checks):
+                weights = tf.identity(weights)
         if self.combiner is None:
             values = ids_to_int64(inputs.flat_values)
             w = None if weights is None else weights.flat_values
