@@ -1,13 +1,20 @@
-"""Line streaming shared by the file readers: linear work and over-long lines."""
+"""Line streaming shared by the file readers: linear work, over-long lines, damaged .gz."""
+import copy
+import gc
+import gzip
 import io
+import pickle
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from memrec_tf.data import (MAX_LINE_BYTES, CriteoTSVReader, CSVReader, LibFMReader,
-                            MalformedLineError, count_lines)
+from memrec_tf.data import (MAX_LINE_BYTES, CorruptFileError, CriteoTSVReader, CSVReader,
+                            LibFMReader, MalformedLineError, count_lines)
 from memrec_tf.data._lines import LongLine, iter_line_blocks
+from memrec_tf.data.paths import open_binary
 
 
 # iter_line_blocks -----------------------------------------------------------
@@ -247,6 +254,8 @@ def test_raise_mode_stops_on_an_over_long_line(tmp_path, fmt):
     assert (info.value.path, info.value.line) == (str(path), line)
     assert f"line longer than {limit} bytes ({limit + 1} bytes" in str(info.value)
     assert reader.stats.rows_read == 2
+    assert isinstance(reader.stats.error, MalformedLineError)
+    assert reader.stats.error.line == line
 
 
 def test_csv_header_over_the_limit_raises(tmp_path):
@@ -267,3 +276,106 @@ def test_libfm_sniffing_skips_over_long_lines(tmp_path):
     assert reader.num_fields == 2
     reader.read_all()
     assert [r.line for r in reader.stats.rejects] == [1]
+
+
+# Damaged .gz files -----------------------------------------------------------
+
+
+def write_gz(path, lines):
+    """Writes `lines` gzipped, with gzip's plain 10-byte header."""
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    return path
+
+
+def damaged(path, how: str):
+    """Writes a damaged copy of the gzip file `path` (from `write_gz`) beside it."""
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":  # EOFError
+        raw = raw[:len(raw) // 2]
+    elif how == "bad_crc":  # gzip.BadGzipFile
+        raw[-8] ^= 0xFF  # the trailer's CRC-32
+    elif how == "bad_block":  # zlib.error
+        raw[10] = 0b110  # the first deflate block: BTYPE 11 is invalid
+    elif how == "bad_data":  # decodes to garbage, then the CRC fails
+        middle = len(raw) // 2
+        raw[middle:middle + 64] = bytes(64)
+    elif how == "not_gzip":  # gzip.BadGzipFile
+        raw = bytearray(gzip.decompress(bytes(raw)))
+    out = path.with_name(f"{how}-{path.name}")
+    out.write_bytes(bytes(raw))
+    return out
+
+
+DAMAGE = ["truncated", "bad_crc", "bad_block", "bad_data", "not_gzip"]
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_gz_raises_one_error_naming_the_file(tmp_path, fmt, how):
+    header, make, reader_for = FORMATS[fmt]
+    rows = [make(i) for i in range(3000)]
+    good = write_gz(tmp_path / f"data.{fmt}.gz", ([header] if header else []) + rows)
+    path = damaged(good, how)
+    reader = reader_for(path)
+    with pytest.raises(CorruptFileError) as info:
+        list(reader.iter_batches())
+    err = info.value
+    assert err.path == str(path)
+    assert str(err).startswith(f"{path}: the gzip stream is truncated or corrupt after "
+                               f"{err.lines} lines ({err.bytes_read} bytes of data): ")
+    assert err.reason and err.reason in str(err)
+    # Every line before the damage was read, and counted in the stats.
+    stats = reader.stats
+    assert err.lines == stats.lines_seen
+    if how != "bad_data":
+        assert stats.rows_rejected == 0
+    if how == "truncated":
+        readable = zlib.decompressobj(31).decompress(path.read_bytes())
+        assert (err.lines, err.bytes_read) == (readable.count(b"\n"), len(readable))
+        assert 0 < err.lines < len(rows)
+    elif how == "bad_crc":
+        data = gzip.decompress(good.read_bytes())
+        assert (err.lines, err.bytes_read) == (data.count(b"\n"), len(data))
+    elif how in ("bad_block", "not_gzip"):
+        assert (err.lines, err.bytes_read) == (0, 0)
+    assert not stats.complete
+    assert isinstance(stats.error, CorruptFileError) and stats.error.__traceback__ is None
+    assert str(stats.error) == str(err)
+    with pytest.raises(CorruptFileError, match="truncated or corrupt"):
+        count_lines(path)
+
+
+def test_gz_reads_hand_out_everything_before_the_damage(tmp_path):
+    good = write_gz(tmp_path / "a.txt.gz", [b"line %d" % i for i in range(50_000)])
+    path = damaged(good, "truncated")
+    readable = zlib.decompressobj(31).decompress(path.read_bytes())
+    with open_binary(str(path)) as fh:
+        assert fh.read(1 << 30) == readable
+        for _ in range(2):  # and then it stays damaged
+            with pytest.raises(CorruptFileError, match="EOF|ended before"):
+                fh.read(10)
+
+
+def test_damaged_gz_reaches_dataset_callers_through_stats(tmp_path):
+    good = write_gz(tmp_path / "data.tsv.gz", [criteo_line(i) for i in range(3000)])
+    path = damaged(good, "truncated")
+    reader = CriteoTSVReader(path, batch_size=64)
+    try:
+        with pytest.raises(tf.errors.OpError, match="truncated or corrupt"):
+            list(reader.dataset(prefetch=False))
+        assert isinstance(reader.stats.error, CorruptFileError)
+        assert reader.stats.error.path == str(path)
+    finally:
+        gc.collect()
+    # A later pass over a good file clears it.
+    reader.paths = [str(good)]
+    reader.read_all()
+    assert reader.stats.error is None and reader.stats.complete
+
+
+def test_reader_errors_copy_and_pickle_with_their_fields():
+    for err in (MalformedLineError("f.tsv", 3, "bad label"),
+                CorruptFileError("f.tsv.gz", 10, 2048, "CRC check failed")):
+        for clone in (copy.copy(err), pickle.loads(pickle.dumps(err))):
+            assert type(clone) is type(err) and str(clone) == str(err)
+            assert vars(clone) == vars(err)

@@ -32,7 +32,11 @@ UTF-8, longer than `max_line_bytes`: default `MAX_LINE_BYTES` = 16 MiB)
 are skipped and counted, or with `on_error="raise"` stop the pass with
 `MalformedLineError` ("malformed line in FILE at line N: WHY"). Reading
 time is linear in the input size, and an over-long line is dropped as it
-streams, never held whole.
+streams, never held whole. A truncated or corrupt `.gz` file always stops
+the pass with `CorruptFileError` ("FILE: the gzip stream is truncated or
+corrupt after N lines (M bytes of data): WHY"). Both are ValueErrors;
+through `reader.dataset()` they arrive as a `tf.errors.OpError`, and the
+error itself is in `reader.stats.error`.
 After a pass `reader.stats` (`ReadStats`) holds `rows_read`,
 `rows_rejected`, `header_lines` and the first rejects (`Reject(path, line,
 reason)`); per file, header_lines + rows_read + rows_rejected == lines.
@@ -66,15 +70,16 @@ from memrec_tf.data.libfm import (FRAPPE_CARDINALITIES, FRAPPE_FIELDS, LibFMRead
 from memrec_tf.data.movielens import MOVIELENS_COLUMNS, load_movielens100k, movielens100k_dataset
 from memrec_tf.data.paths import count_lines, data_dir
 from memrec_tf.data.spec import ColumnSpec, FeatureSpec
-from memrec_tf.data.stats import MalformedLineError, ReadStats, Reject
+from memrec_tf.data.stats import CorruptFileError, MalformedLineError, ReadStats, Reject
 from memrec_tf.data.synthetic import PRESETS, TERABYTE_CARDINALITIES, SyntheticCriteo
 from memrec_tf.data.vocab import Vocabulary, frequency_order
 
 __all__ = [
-    "ArrayData", "CRITEO_SPEC", "CSVReader", "ColumnSpec", "CriteoTSVReader", "EMPTY_ID",
-    "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "FeatureSpec", "LibFMReader", "MAX_LINE_BYTES",
-    "MOVIELENS_COLUMNS", "MalformedLineError", "PRESETS", "ReadStats", "Reject", "SyntheticCriteo",
-    "TERABYTE_CARDINALITIES", "Vocabulary", "count_lines", "data_dir", "dense_transform",
-    "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf", "load_criteo_sample",
-    "load_frappe", "load_movielens100k", "movielens100k_dataset", "sniff_delimiter",
+    "ArrayData", "CRITEO_SPEC", "CSVReader", "ColumnSpec", "CorruptFileError", "CriteoTSVReader",
+    "EMPTY_ID", "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "FeatureSpec", "LibFMReader",
+    "MAX_LINE_BYTES", "MOVIELENS_COLUMNS", "MalformedLineError", "PRESETS", "ReadStats", "Reject",
+    "SyntheticCriteo", "TERABYTE_CARDINALITIES", "Vocabulary", "count_lines", "data_dir",
+    "dense_transform", "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf",
+    "load_criteo_sample", "load_frappe", "load_movielens100k", "movielens100k_dataset",
+    "sniff_delimiter",
 ]

@@ -18,6 +18,8 @@ no more memory than the limit.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -259,6 +261,17 @@ class LineReader:
             # Mostly called from an except block: the BadLine behind it adds nothing.
             raise stats_lib.MalformedLineError(path, line, reason) from None
 
+    @contextlib.contextmanager
+    def _open(self, path: str):
+        """Opens `path` for a pass; an error that stops it goes to `stats.error`."""
+        try:
+            with paths_lib.open_binary(path) as fh:
+                yield fh
+        except (stats_lib.MalformedLineError, stats_lib.CorruptFileError) as err:
+            # A copy: the error's traceback would keep the generator's frames.
+            self.stats.error = copy.copy(err)
+            raise
+
     def _parse_lines(self, path: str, block: bytes, first_line: int, counts) -> Optional[Batch]:
         """The line by line path over one block."""
         parse = self._parse
@@ -284,7 +297,7 @@ class LineReader:
         rebatcher = _Rebatcher(self.batch_size)
         for path in self.paths:
             counts = stats.file(path)
-            with paths_lib.open_binary(path) as fh:
+            with self._open(path) as fh:
                 line = self._start_file(path, fh, counts)
                 for block, n_lines in iter_line_blocks(fh, self.block_bytes,
                                                        self.max_line_bytes):
@@ -311,6 +324,8 @@ class LineReader:
 
         Raises:
           MalformedLineError: On a bad line when `on_error="raise"`.
+          CorruptFileError: On a truncated or corrupt `.gz` file, whatever
+            `on_error` says.
         """
         for batch in self._raw_batches():
             yield self._finish_np(batch)
@@ -319,8 +334,10 @@ class LineReader:
         """A `tf.data.Dataset` of `(features, label)` batches.
 
         Each iteration (epoch) re-reads the files and resets `stats`. An error
-        raised in "raise" mode surfaces as a `tf.errors.OpError` whose message
-        includes the `MalformedLineError` text (file, line number, problem).
+        that stops a pass (`MalformedLineError` in "raise" mode, or
+        `CorruptFileError`) surfaces as a `tf.errors.OpError` whose message
+        includes its text (file, line number or position, problem); the
+        error itself is kept in `stats.error`, to be raised in its place.
         Let that error and its traceback go (or call `gc.collect()`) before
         the program exits: the traceback holds the iterator, whose prefetch
         thread may still be in the Python generator, and TensorFlow cannot
