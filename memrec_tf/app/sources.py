@@ -249,12 +249,10 @@ def check_features(spec, reader_spec, path, what):
 
 
 def _reader_error(readers):
-    """The MalformedLineError a reader in "raise" mode stopped on, or None."""
+    """The error a reader's pass stopped on (MalformedLineError, CorruptFileError), or None."""
     for reader in readers:
-        stats = reader.stats
-        if reader.on_error == "raise" and stats.rows_rejected and not stats.complete:
-            reject = stats.rejects[-1]
-            return data_lib.MalformedLineError(reject.path, reject.line, reject.reason)
+        if reader.stats.error is not None and not reader.stats.complete:
+            return reader.stats.error
     return None
 
 

@@ -190,7 +190,7 @@ def _check_eval_file(options, spec, batch_size):
     sources.check_features(spec, reader.spec, options.eval, "the training data")
     try:
         first = next(iter(reader.iter_batches()), None)
-    except data_lib.MalformedLineError as e:
+    except (data_lib.MalformedLineError, data_lib.CorruptFileError) as e:
         raise UsageError(f"--eval {e}") from e
     if first is None:
         raise UsageError(f"--eval {options.eval} holds no valid rows ("

@@ -26,9 +26,17 @@ File readers (classes; `reader.dataset()` -> tf.data.Dataset,
   CSVReader(paths, columns, delimiter=None, label_threshold=None,
             numeric_transform=None, hash_with_column=True, batch_size=4096,
             on_error="skip")
+Every file reader also takes `max_reported=20` and `max_line_bytes`.
 Malformed lines (wrong field count, non-numeric field, bad label, invalid
-UTF-8) are skipped and counted, or with `on_error="raise"` stop the pass
-with `MalformedLineError` ("malformed line in FILE at line N: WHY").
+UTF-8, longer than `max_line_bytes`: default `MAX_LINE_BYTES` = 16 MiB)
+are skipped and counted, or with `on_error="raise"` stop the pass with
+`MalformedLineError` ("malformed line in FILE at line N: WHY"). Reading
+time is linear in the input size, and an over-long line is dropped as it
+streams, never held whole. A truncated or corrupt `.gz` file always stops
+the pass with `CorruptFileError` ("FILE: the gzip stream is truncated or
+corrupt after N lines (M bytes of data): WHY"). Both are ValueErrors;
+through `reader.dataset()` they arrive as a `tf.errors.OpError`, and the
+error itself is in `reader.stats.error`.
 After a pass `reader.stats` (`ReadStats`) holds `rows_read`,
 `rows_rejected`, `header_lines` and the first rejects (`Reject(path, line,
 reason)`); per file, header_lines + rows_read + rows_rejected == lines.
@@ -52,6 +60,7 @@ block starts with an OOV index for unseen values (Frappe: its own global
 libFM indices, no OOV slot). `data_dir()` finds the shared data folder
 (`MEMREC_DATA_DIR` or `../shared/data` beside the repository).
 """
+from memrec_tf.data._lines import MAX_LINE_BYTES
 from memrec_tf.data.arrays import ArrayData
 from memrec_tf.data.counting import TooManyValuesError, count_values, counted_cardinalities
 from memrec_tf.data.criteo import CRITEO_SPEC, CriteoTSVReader, dense_transform, load_criteo_sample
@@ -62,16 +71,16 @@ from memrec_tf.data.libfm import (FRAPPE_CARDINALITIES, FRAPPE_FIELDS, LibFMRead
 from memrec_tf.data.movielens import MOVIELENS_COLUMNS, load_movielens100k, movielens100k_dataset
 from memrec_tf.data.paths import count_lines, data_dir
 from memrec_tf.data.columns import ColumnSpec
-from memrec_tf.data.stats import MalformedLineError, ReadStats, Reject
+from memrec_tf.data.stats import CorruptFileError, MalformedLineError, ReadStats, Reject
 from memrec_tf.data.synthetic import PRESETS, TERABYTE_CARDINALITIES, SyntheticCriteo
 from memrec_tf.data.vocab import Vocabulary, frequency_order
 
 __all__ = [
-    "ArrayData", "CRITEO_SPEC", "CSVReader", "ColumnSpec", "CriteoTSVReader", "EMPTY_ID",
-    "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "LibFMReader", "TooManyValuesError",
-    "count_values", "counted_cardinalities", "MOVIELENS_COLUMNS",
-    "MalformedLineError", "PRESETS", "ReadStats", "Reject", "SyntheticCriteo",
-    "TERABYTE_CARDINALITIES", "Vocabulary", "count_lines", "data_dir", "dense_transform",
+    "ArrayData", "CRITEO_SPEC", "CSVReader", "ColumnSpec", "CorruptFileError", "CriteoTSVReader",
+    "EMPTY_ID", "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "LibFMReader", "MAX_LINE_BYTES",
+    "MOVIELENS_COLUMNS", "MalformedLineError", "PRESETS", "ReadStats", "Reject",
+    "SyntheticCriteo", "TERABYTE_CARDINALITIES", "TooManyValuesError", "Vocabulary",
+    "count_lines", "count_values", "counted_cardinalities", "data_dir", "dense_transform",
     "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf", "load_criteo_sample",
     "load_frappe", "load_movielens100k", "movielens100k_dataset", "sniff_delimiter",
 ]

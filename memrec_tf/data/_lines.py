@@ -10,10 +10,17 @@ exact, re-cuts rows into batches of exactly `batch_size` and wraps the
 Python generator in `tf.data`. A generator is used rather than
 `TextLineDataset` + `py_function` so that every bad line can be reported
 with its number, and no file is ever held whole in memory.
+
+Reading is linear in the input, however long its lines. A line longer than
+`max_line_bytes` (default `MAX_LINE_BYTES`, 16 MiB) is rejected like any
+other bad line; its bytes are dropped as they stream, so such a line costs
+no more memory than the limit.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+import contextlib
+import copy
+from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +32,10 @@ from memrec_tf.features import FeatureSpec
 Batch = Tuple[dict, np.ndarray]
 
 BLOCK_BYTES = 1 << 20
+# Longest accepted line in bytes, not counting its b"\n": far above any
+# real click log line (Criteo's are under 1 KiB), low enough that a file
+# without newlines cannot exhaust memory.
+MAX_LINE_BYTES = 16 << 20
 
 
 class BadLine(Exception):
@@ -52,27 +63,77 @@ def show(value: bytes, limit: int = 40) -> str:
     return repr(text)
 
 
-def iter_line_blocks(fh, block_bytes: int = BLOCK_BYTES) -> Iterator[Tuple[bytes, int]]:
+class LongLine(NamedTuple):
+    """A line over the limit, yielded by `iter_line_blocks` in its place."""
+
+    size: int  # bytes, not counting b"\n"
+
+    def reason(self, max_line_bytes: int) -> str:
+        """Why the line is rejected, for `Reject` and `MalformedLineError`."""
+        return (f"line longer than {max_line_bytes} bytes ({self.size} bytes; "
+                "see max_line_bytes)")
+
+
+def iter_line_blocks(fh, block_bytes: int = BLOCK_BYTES, max_line_bytes: int = MAX_LINE_BYTES
+                     ) -> Iterator[Tuple[Union[bytes, LongLine], int]]:
     """Yields `(block, n_lines)`: whole lines joined by b"\\n", no final b"\\n".
 
     A last line without b"\\n" counts as a line; a final b"\\n" does not
-    start one.
+    start one. A line of more than `max_line_bytes` bytes (not counting its
+    b"\\n") comes as `(LongLine(size), 1)`, in order; its bytes are dropped
+    as they are read, so at most about `max_line_bytes + block_bytes` bytes
+    are held.
+
+    The work is linear in the input: each read is searched for b"\\n" once,
+    and the pieces of a line that spans reads are joined once, when it ends.
+    Reads are of at most `max_line_bytes + 1` bytes, so a line that ends in
+    the read it starts in is within the limit; only a line carried over
+    from earlier reads needs its length checked.
+
+    Args:
+      fh: A binary file object (`read(size)`).
+      block_bytes: Bytes per read.
+      max_line_bytes: The longest line kept.
     """
-    rest = b""
+    if block_bytes < 1 or max_line_bytes < 1:
+        raise ValueError(f"block_bytes and max_line_bytes must be >= 1, got {block_bytes} "
+                         f"and {max_line_bytes}")
+    read_size = min(block_bytes, max_line_bytes + 1)
+    pieces: List[bytes] = []  # the unfinished line, while within the limit
+    size = 0  # the unfinished line's length so far, also while it is skipped
     while True:
-        data = fh.read(block_bytes)
+        data = fh.read(read_size)
         if not data:
             break
-        if rest:
-            data = rest + data
         cut = data.rfind(b"\n")
-        if cut < 0:
-            rest = data
+        if cut < 0:  # the unfinished line goes on
+            size += len(data)
+            if size <= max_line_bytes:
+                pieces.append(data)
+            else:
+                pieces = []
             continue
-        block, rest = data[:cut], data[cut + 1:]
-        yield block, block.count(b"\n") + 1
-    if rest:
-        yield rest, rest.count(b"\n") + 1
+        start = 0
+        if size:  # the unfinished line ends in this read
+            end = data.find(b"\n")
+            if size + end > max_line_bytes:
+                yield LongLine(size + end), 1
+                pieces, start = [], end + 1
+        block = None
+        if start <= cut:
+            if pieces:
+                pieces.append(memoryview(data)[:cut])
+                block = b"".join(pieces)
+            else:
+                block = data[start:cut]
+        rest = data[cut + 1:]
+        pieces, size = ([rest] if rest else []), len(rest)
+        if block is not None:
+            yield block, block.count(b"\n") + 1
+    if size > max_line_bytes:
+        yield LongLine(size), 1
+    elif pieces:
+        yield b"".join(pieces), 1
 
 
 def concat_batches(batches: List[Batch]) -> Batch:
@@ -132,6 +193,9 @@ class LineReader:
         smaller).
       on_error: "skip" (count, log and drop bad lines) or "raise" (stop with
         `MalformedLineError` naming file, line and problem).
+      max_line_bytes: Longest line accepted, in bytes without b"\\n"
+        (default `MAX_LINE_BYTES`, 16 MiB); a longer one is a bad line
+        ("line longer than N bytes"), skipped without being held in memory.
       stats: `ReadStats` of the current / last pass.
       spec: The `FeatureSpec` of the batches.
     """
@@ -140,9 +204,12 @@ class LineReader:
     block_bytes = BLOCK_BYTES
 
     def __init__(self, paths, *, batch_size: int = 4096, on_error: str = "skip",
-                 max_reported: int = 20):
+                 max_reported: int = 20, max_line_bytes: int = MAX_LINE_BYTES):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(max_line_bytes) < 1:
+            raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
+        self.max_line_bytes = int(max_line_bytes)
         self.paths = paths_lib.as_path_list(paths)
         self.batch_size = int(batch_size)
         self.on_error = stats_lib.check_on_error(on_error)
@@ -191,8 +258,19 @@ class LineReader:
         raising = self.on_error == "raise"
         self.stats.add_reject(counts, reject, log=not raising)
         if raising:
-            # Called from an except block: the BadLine behind it adds nothing.
+            # Mostly called from an except block: the BadLine behind it adds nothing.
             raise stats_lib.MalformedLineError(path, line, reason) from None
+
+    @contextlib.contextmanager
+    def _open(self, path: str):
+        """Opens `path` for a pass; an error that stops it goes to `stats.error`."""
+        try:
+            with paths_lib.open_binary(path) as fh:
+                yield fh
+        except (stats_lib.MalformedLineError, stats_lib.CorruptFileError) as err:
+            # A copy: the error's traceback would keep the generator's frames.
+            self.stats.error = copy.copy(err)
+            raise
 
     def _parse_lines(self, path: str, block: bytes, first_line: int, counts) -> Optional[Batch]:
         """The line by line path over one block."""
@@ -224,12 +302,17 @@ class LineReader:
         rebatcher = _Rebatcher(self.batch_size)
         for path in self.paths:
             counts = stats.file(path)
-            with paths_lib.open_binary(path) as fh:
+            with self._open(path) as fh:
                 line = self._start_file(path, fh, counts)
-                for block, n_lines in iter_line_blocks(fh, self.block_bytes):
-                    batch = self._parse_block(block, n_lines)
-                    if batch is None:
-                        batch = self._parse_lines(path, block, line + 1, counts)
+                for block, n_lines in iter_line_blocks(fh, self.block_bytes,
+                                                       self.max_line_bytes):
+                    if isinstance(block, LongLine):
+                        self._reject(path, line + 1, block.reason(self.max_line_bytes), counts)
+                        batch = None
+                    else:
+                        batch = self._parse_block(block, n_lines)
+                        if batch is None:
+                            batch = self._parse_lines(path, block, line + 1, counts)
                     line += n_lines
                     if batch is not None:
                         stats.add_rows(counts, len(batch[1]))
@@ -246,6 +329,8 @@ class LineReader:
 
         Raises:
           MalformedLineError: On a bad line when `on_error="raise"`.
+          CorruptFileError: On a truncated or corrupt `.gz` file, whatever
+            `on_error` says.
         """
         for batch in self._raw_batches():
             yield self._finish_np(batch)
@@ -254,13 +339,15 @@ class LineReader:
         """A `tf.data.Dataset` of `(features, label)` batches.
 
         Each iteration (epoch) re-reads the files and resets `stats`. An error
-        raised in "raise" mode surfaces as a `tf.errors.OpError` whose message
-        includes the `MalformedLineError` text (file, line number, problem).
+        that stops a pass (`MalformedLineError` in "raise" mode, or
+        `CorruptFileError`) surfaces as a `tf.errors.OpError` whose message
+        includes its text (file, line number or position, problem); the
+        error itself is kept in `stats.error`, to be raised in its place.
         Let that error and its traceback go (or call `gc.collect()`) before
         the program exits: the traceback holds the iterator, whose prefetch
         thread may still be in the Python generator, and TensorFlow cannot
         free such an iterator at interpreter exit (the process hangs).
-        `memrec_tf.app.training` does this and raises the `MalformedLineError`.
+        `memrec_tf.app.sources.reading` does this and raises `stats.error`.
 
         Args:
           prefetch: Append `.prefetch(tf.data.AUTOTUNE)`.

@@ -22,7 +22,7 @@ import numpy as np
 from memrec_tf.data import _fastparse
 from memrec_tf.data import arrays as arrays_lib
 from memrec_tf.data import paths as paths_lib
-from memrec_tf.data._lines import BadLine, LineReader, show
+from memrec_tf.data._lines import MAX_LINE_BYTES, BadLine, LineReader, show
 from memrec_tf.data.hashing import EMPTY_ID
 from memrec_tf.features import FeatureSpec, column_names as names
 
@@ -74,6 +74,8 @@ class CriteoTSVReader(LineReader):
       batch_size: Rows per batch.
       on_error: "skip" or "raise" (see `LineReader`).
       max_reported: How many rejected lines `stats.rejects` keeps (and logs).
+      max_line_bytes: Longest line accepted, in bytes (default 16 MiB); a
+        longer one is rejected as malformed without being held in memory.
       fast_path: Parse clean blocks of lines with vectorised numpy (several
         times faster; the result is the same as the line by line parse).
 
@@ -84,9 +86,10 @@ class CriteoTSVReader(LineReader):
     """
 
     def __init__(self, paths, *, batch_size: int = 4096, on_error: str = "skip",
-                 max_reported: int = 20, fast_path: bool = True):
+                 max_reported: int = 20, max_line_bytes: int = MAX_LINE_BYTES,
+                 fast_path: bool = True):
         super().__init__(paths, batch_size=batch_size, on_error=on_error,
-                         max_reported=max_reported)
+                         max_reported=max_reported, max_line_bytes=max_line_bytes)
         self.spec = CRITEO_SPEC
         self.fast_path = bool(fast_path)
 

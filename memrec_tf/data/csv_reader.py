@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from memrec_tf.data import stats as stats_lib
-from memrec_tf.data._lines import BadLine, LineReader, show, utf8_problem
+from memrec_tf.data._lines import MAX_LINE_BYTES, BadLine, LineReader, show, utf8_problem
 from memrec_tf.data.hashing import hash_strings, hash_strings_tf
 from memrec_tf.data.columns import as_column_spec
 from memrec_tf.features import FeatureSpec
@@ -77,14 +77,18 @@ class CSVReader(LineReader):
       on_error: "skip" or "raise" (a bad or incomplete header always
         raises).
       max_reported: How many rejected lines `stats.rejects` keeps.
+      max_line_bytes: Longest line accepted, in bytes (default 16 MiB); a
+        longer one is rejected as malformed without being held in memory
+        (a longer header always raises).
     """
 
     def __init__(self, paths, columns, *, delimiter: Optional[str] = None,
                  label_threshold: Optional[float] = None,
                  numeric_transform: Optional[str] = None, hash_with_column: bool = True,
-                 batch_size: int = 4096, on_error: str = "skip", max_reported: int = 20):
+                 batch_size: int = 4096, on_error: str = "skip", max_reported: int = 20,
+                 max_line_bytes: int = MAX_LINE_BYTES):
         super().__init__(paths, batch_size=batch_size, on_error=on_error,
-                         max_reported=max_reported)
+                         max_reported=max_reported, max_line_bytes=max_line_bytes)
         self.columns = as_column_spec(columns)
         if delimiter is not None and len(delimiter) != 1:
             raise ValueError(f"delimiter must be one character, got {delimiter!r}")
@@ -104,9 +108,13 @@ class CSVReader(LineReader):
     # Header ----------------------------------------------------------------
 
     def _start_file(self, path, fh, counts):
-        raw = fh.readline()
+        raw = fh.readline(self.max_line_bytes + 1)
         if not raw:
             raise ValueError(f"{path} is empty: expected a header line")
+        if len(raw) > self.max_line_bytes and not raw.endswith(b"\n"):
+            raise stats_lib.MalformedLineError(
+                path, 1, f"header: line longer than {self.max_line_bytes} bytes "
+                "(see max_line_bytes)")
         raw = raw.rstrip(b"\r\n")
         problem = utf8_problem(raw)
         if problem:

@@ -19,7 +19,8 @@ import numpy as np
 from memrec_tf.data import _fastparse
 from memrec_tf.data import arrays as arrays_lib
 from memrec_tf.data import paths as paths_lib
-from memrec_tf.data._lines import BadLine, LineReader, iter_line_blocks, show
+from memrec_tf.data._lines import (MAX_LINE_BYTES, BadLine, LineReader, LongLine,
+                                   iter_line_blocks, show)
 from memrec_tf.features import FeatureSpec
 from memrec_tf.data.vocab import Vocabulary
 
@@ -64,6 +65,8 @@ class LibFMReader(LineReader):
       batch_size: Rows per batch.
       on_error: "skip" or "raise".
       max_reported: How many rejected lines `stats.rejects` keeps.
+      max_line_bytes: Longest line accepted, in bytes (default 16 MiB); a
+        longer one is rejected as malformed without being held in memory.
 
     Raises:
       ValueError: If `num_fields` is None and the first file has no pairs, or
@@ -73,9 +76,10 @@ class LibFMReader(LineReader):
     def __init__(self, paths, *, num_fields: Optional[int] = None,
                  field_names: Optional[Sequence[str]] = None,
                  cardinalities: Optional[Sequence[int]] = None, with_values: bool = False,
-                 batch_size: int = 4096, on_error: str = "skip", max_reported: int = 20):
+                 batch_size: int = 4096, on_error: str = "skip", max_reported: int = 20,
+                 max_line_bytes: int = MAX_LINE_BYTES):
         super().__init__(paths, batch_size=batch_size, on_error=on_error,
-                         max_reported=max_reported)
+                         max_reported=max_reported, max_line_bytes=max_line_bytes)
         if num_fields is None:
             num_fields = self._sniff_num_fields()
         self.num_fields = int(num_fields)
@@ -102,7 +106,9 @@ class LibFMReader(LineReader):
 
     def _sniff_num_fields(self) -> int:
         with paths_lib.open_binary(self.paths[0]) as fh:
-            for block, _ in iter_line_blocks(fh):
+            for block, _ in iter_line_blocks(fh, max_line_bytes=self.max_line_bytes):
+                if isinstance(block, LongLine):
+                    continue
                 for raw in block.split(b"\n"):
                     parts = raw.split()
                     if parts:

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
+
+from memrec_tf.data import stats as stats_lib
 
 PathLike = Union[str, os.PathLike]
 
@@ -52,10 +55,89 @@ def as_path_list(paths: Union[PathLike, Sequence[PathLike]]) -> List[str]:
     return out
 
 
+# What gzip raises on a damaged stream: cut short (EOFError), bad deflate
+# data (zlib.error), bad header, CRC or length (BadGzipFile).
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+class _GzipLines:
+    """A `.gz` file read in binary whose damage raises `CorruptFileError`.
+
+    Everything that decompresses before the damage is handed out first; the
+    read after that raises. The error says how far reading got: the bytes
+    and lines handed out, which this counts. Only what the readers use:
+    `read`, `readline`, `close` and the context manager.
+    """
+
+    # Bytes asked of the decompressor at a time: `read` gathers what one
+    # read would otherwise lose to an exception.
+    _CHUNK = 1 << 18
+
+    def __init__(self, path: str):
+        self.path = path
+        self.bytes_read = 0
+        self.lines_read = 0
+        self._damage: Optional[Exception] = None  # held back until the data before it is read
+        self._file = gzip.open(path, "rb")
+
+    def read(self, size: int = -1) -> bytes:
+        """`size` bytes (all with size < 0); fewer only at the end or before damage."""
+        self._check()
+        chunks, got = [], 0
+        while size < 0 or got < size:
+            want = self._CHUNK if size < 0 else min(size - got, self._CHUNK)
+            try:
+                chunk = self._file.read1(want)
+            except _GZIP_ERRORS as err:
+                self._damage = err
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        data = b"".join(chunks)
+        if not data:
+            self._check()
+        return self._counted(data)
+
+    def readline(self, size: int = -1) -> bytes:
+        self._check()
+        try:
+            data = self._file.readline(size)
+        except _GZIP_ERRORS as err:
+            self._damage = err
+            self._check()
+        return self._counted(data)
+
+    def _counted(self, data: bytes) -> bytes:
+        self.bytes_read += len(data)
+        self.lines_read += data.count(b"\n")
+        return data
+
+    def _check(self):
+        err = self._damage
+        if err is not None:
+            raise stats_lib.CorruptFileError(self.path, self.lines_read, self.bytes_read,
+                                             str(err) or type(err).__name__) from err
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
 def open_binary(path: str):
-    """Opens a file for binary line reading; `.gz` files are decompressed."""
+    """Opens a file for binary line reading; `.gz` files are decompressed.
+
+    Reading a `.gz` file whose stream is truncated or corrupt raises
+    `CorruptFileError` (a ValueError) naming the file and how far it got.
+    """
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return _GzipLines(path)
     return open(path, "rb", buffering=1 << 20)
 
 
@@ -69,6 +151,9 @@ def count_lines(paths: Union[PathLike, Sequence[PathLike]]) -> int:
 
     Returns:
       The total number of lines.
+
+    Raises:
+      CorruptFileError: If a `.gz` file is truncated or corrupt.
     """
     total = 0
     for path in as_path_list(paths):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 logger = logging.getLogger("memrec_tf.data")
 
@@ -36,6 +36,34 @@ class MalformedLineError(ValueError):
         self.path = path
         self.line = line
         self.reason = reason
+
+    def __reduce__(self):
+        # Rebuilt from the fields, as `__init__` takes them (pickle, copy).
+        return type(self), (self.path, self.line, self.reason)
+
+
+class CorruptFileError(ValueError):
+    """A `.gz` file whose compressed stream is truncated or corrupt.
+
+    Raised whatever `on_error` says: the rest of the file cannot be read.
+
+    Attributes:
+      path: The file.
+      lines: Complete lines decompressed before the damage.
+      bytes_read: Bytes of data decompressed before the damage.
+      reason: What the decompressor reported.
+    """
+
+    def __init__(self, path: str, lines: int, bytes_read: int, reason: str):
+        super().__init__(f"{path}: the gzip stream is truncated or corrupt after {lines} lines "
+                         f"({bytes_read} bytes of data): {reason}")
+        self.path = path
+        self.lines = lines
+        self.bytes_read = bytes_read
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.path, self.lines, self.bytes_read, self.reason)
 
 
 @dataclasses.dataclass
@@ -70,6 +98,10 @@ class ReadStats:
       passes_completed: Passes that reached the end of the last file.
       complete: Whether the current pass reached the end.
       last_pass: A `ReadStats` copy of the last completed pass, or None.
+      error: The `MalformedLineError` or `CorruptFileError` that stopped the
+        current pass, or None. A copy without the traceback: a pass run by
+        `tf.data` reaches its caller as a `tf.errors.OpError`, and this is
+        the error to raise in its place.
     """
 
     def __init__(self, max_examples: int = 20):
@@ -87,6 +119,7 @@ class ReadStats:
         self.rejects: List[Reject] = []
         self.by_file: Dict[str, FileCounts] = {}
         self.complete = False
+        self.error: Optional[ValueError] = None
 
     @property
     def lines_seen(self) -> int:
@@ -137,6 +170,7 @@ class ReadStats:
         copy.rejects = list(self.rejects)
         copy.by_file = {p: dataclasses.replace(c) for p, c in self.by_file.items()}
         copy.complete = self.complete
+        copy.error = self.error
         copy.passes_completed = self.passes_completed
         return copy
 
