@@ -147,3 +147,16 @@ def test_bad_column_specs_exit_2(tmp_path, capsys, columns):
     assert cli.main(["train", "--train", csv, "--columns", columns,
                      "--output", str(tmp_path / "r"), *FAST]) == 2
     assert "column spec" in capsys.readouterr().err
+
+
+def test_a_truncated_gzip_file_ends_in_one_line_naming_it(tmp_path, capsys):
+    import gzip
+
+    plain = _criteo_file(tmp_path / "train.tsv", rows=3000)
+    data = gzip.compress(open(plain, "rb").read())
+    damaged = tmp_path / "train.tsv.gz"
+    damaged.write_bytes(data[:len(data) // 2])
+    assert cli.main(["train", "--format", "criteo", "--train", str(damaged),
+                     "--output", str(tmp_path / "run"), *FAST]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(damaged) in err[0] and "truncated" in err[0]
