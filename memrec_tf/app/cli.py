@@ -129,8 +129,9 @@ def build_parser():
     p.add_argument("--epochs", type=_positive(int),
                    help="train this many epochs (default: until the AUC on held-out training "
                         "batches stops improving, at most 50 epochs; the best weights are kept)")
-    p.add_argument("--batch-size", type=_positive(int), default=1024,
-                   help="per replica")
+    p.add_argument("--batch-size", type=_positive(int),
+                   help="per replica (default 1024; smaller for a file of fewer than 32 such "
+                        "batches, so that an epoch takes at least about 32 steps)")
     p.add_argument("--learning-rate", type=_positive(float), default=1e-3)
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     p.add_argument("--hash-seed", type=int, default=0,

@@ -8,6 +8,7 @@ epoch, and writes the model, the run file and the metrics (`runs`);
 again (the data options, the feature spec) is in its run file.
 """
 import dataclasses
+import math
 import os
 import time
 
@@ -26,6 +27,21 @@ STRATEGIES = ("default", "mirrored", "multi-worker")
 # improved for PATIENCE epochs (at most MAX_EPOCHS), and keep the best weights.
 MAX_EPOCHS = 50
 PATIENCE = 3
+# Without --batch-size: batches of at most DEFAULT_BATCH_SIZE rows, smaller for
+# small data so that an epoch still takes MIN_STEPS optimizer steps.
+DEFAULT_BATCH_SIZE = 1024
+MIN_STEPS = 32
+
+
+def default_batch_size(rows):
+    """The per-replica batch of a run over `rows` training rows (None: unknown).
+
+    DEFAULT_BATCH_SIZE, or for data of fewer than MIN_STEPS such batches the
+    power of two (at least 64) nearest rows / MIN_STEPS.
+    """
+    if not rows or rows >= DEFAULT_BATCH_SIZE * MIN_STEPS:
+        return DEFAULT_BATCH_SIZE
+    return max(64, 1 << round(math.log2(max(1, rows / MIN_STEPS))))
 
 
 def make_strategy(name):
@@ -64,7 +80,7 @@ class _Throughput(keras.callbacks.Callback):
 
 
 def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
-          compression=16.0, embedding_overrides=None, epochs=None, batch_size=1024,
+          compression=16.0, embedding_overrides=None, epochs=None, batch_size=None,
           learning_rate=1e-3, optimizer="adam", strategy="default", hash_seed=0, verbose=1,
           overwrite=False, callbacks=()):
     """Trains a model and writes it, its run file and its metrics into `output`.
@@ -75,7 +91,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     place. `embedding` is one of `building.EMBEDDINGS`; the VOCABULARY_METHODS
     first count the training file's values, and the model maps raw ids to
     indices by training count itself. `callbacks` are added after the backup.
-    `epochs` None trains to convergence: it holds out every few training
+    `batch_size` None is `default_batch_size` of the training rows; `epochs`
+    None trains to convergence: it holds out every few training
     batches (`sources.holdout_every`), stops when their AUC has not improved
     for PATIENCE epochs (at most MAX_EPOCHS) and keeps the best weights.
 
@@ -99,15 +116,16 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     # start alike.
     keras.utils.set_random_seed(data_options.seed)
     strategy_obj = make_strategy(strategy)
-    global_batch = batch_size * strategy_obj.num_replicas_in_sync
+    replicas = strategy_obj.num_replicas_in_sync
     vocabulary = None
     spec = None
     train_rows = None
     if embedding in building.VOCABULARY_METHODS:
-        vocabulary, reader_spec, train_rows = sources.count_training_values(data_options,
-                                                                            global_batch)
+        vocabulary, reader_spec, train_rows = sources.count_training_values(data_options)
         spec = reader_spec.with_cardinalities(data_lib.counted_cardinalities(vocabulary))
-    source = sources.make_source(data_options, global_batch, spec=spec, train_rows=train_rows)
+    source = sources.make_source(data_options, (batch_size or DEFAULT_BATCH_SIZE) * replicas,
+                                 spec=spec, train_rows=train_rows)
+    global_batch = (batch_size or default_batch_size(source.train_rows)) * replicas
     _check_eval_file(data_options, source.spec, global_batch)
     with strategy_obj.scope():
         model, options = building.build_model(

@@ -160,3 +160,25 @@ def test_a_truncated_gzip_file_ends_in_one_line_naming_it(tmp_path, capsys):
                      "--output", str(tmp_path / "run"), *FAST]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(damaged) in err[0] and "truncated" in err[0]
+
+
+@pytest.mark.slow
+def test_default_training_converges_where_one_epoch_does_not(tmp_path):
+    train = _criteo_file(tmp_path / "train.tsv", rows=6000, seed=3)
+    # A planted signal: the label follows the first categorical column.
+    lines = open(train).read().splitlines()
+    rng = np.random.default_rng(4)
+    planted = []
+    for line in lines:
+        fields = line.split("\t")
+        fields[0] = str(int(int(fields[14], 16) % 2 == 0) if rng.random() < 0.9 else 1 - (
+            int(fields[14], 16) % 2 == 0))
+        planted.append("\t".join(fields))
+    (tmp_path / "train.tsv").write_text("\n".join(planted) + "\n")
+    common = ["train", "--train", train, "--eval", train, "--quiet", "--compression", "2"]
+    assert cli.main(common + ["--output", str(tmp_path / "default")]) == 0
+    assert cli.main(common + ["--epochs", "1", "--batch-size", "1024",
+                              "--output", str(tmp_path / "one")]) == 0
+    default, one = _metrics(tmp_path / "default"), _metrics(tmp_path / "one")
+    assert default["epochs"] > 1
+    assert default["auc"] > 0.85 > one["auc"]
