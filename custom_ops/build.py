@@ -9,8 +9,13 @@ Every translation unit is compiled with `tf.sysconfig.get_compile_flags()`
 (which carries TensorFlow's `_GLIBCXX_USE_CXX11_ABI` setting) and linked with
 `tf.sysconfig.get_link_flags()`. Compiler output goes to a log file beside
 the objects, and a failure prints its tail.
+
+Beside the library goes `<library>.sha256`, its SHA-256 in `sha256sum`
+format. memrec_tf/ops.py checks the library against it before loading, so
+that a library damaged after the build is refused instead of crashing.
 """
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -26,6 +31,9 @@ CUDA_ARCHS = ["75", "80", "86", "89", "90"]
 # TensorFlow's headers trigger these by the hundred; they are not ours.
 QUIET = ["-Wno-deprecated-declarations", "-Wno-unused-result",
          "-Wno-ignored-attributes"]
+# Appended to a library's path to name its checksum file; memrec_tf/ops.py
+# reads it under the same name.
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def _tf_flags():
@@ -61,6 +69,30 @@ def _nvcc():
     return nvcc
 
 
+def checksum_path(library):
+    """Path of the checksum file of the library at `library`."""
+    return library + CHECKSUM_SUFFIX
+
+
+def write_checksum(library):
+    """Writes the SHA-256 of `library` beside it and returns that file's path.
+
+    The line is `sha256sum`'s (`<hex digest>  <file name>`), so
+    `sha256sum -c` checks it too. The file is replaced in one step: an
+    interrupted write leaves no partial checksum behind.
+    """
+    digest = hashlib.sha256()
+    with open(library, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    path = checksum_path(library)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        f.write(f"{digest.hexdigest()}  {os.path.basename(library)}\n")
+    os.replace(temporary, path)
+    return path
+
+
 def compile_cuda_object(obj, compile_flags, log_path):
     """Compiles the CUDA kernels to one object file with nvcc."""
     include = next(f[2:] for f in compile_flags if f.startswith("-I"))
@@ -82,7 +114,11 @@ def compile_cuda_object(obj, compile_flags, log_path):
 
 
 def build_library(target, cuda=False, sanitize=False, build_dir=None):
-    """Builds the op library at `target` (sanitized: beside it, renamed)."""
+    """Builds the op library at `target` (sanitized: beside it, renamed).
+
+    Writes its checksum file beside it (see `write_checksum`) and returns the
+    library's path.
+    """
     compile_flags, link_flags, tf_version = _tf_flags()
     if sanitize:
         base = os.path.basename(target).replace("_memrec_ops", "_memrec_ops_sanitized", 1)
@@ -121,8 +157,13 @@ def build_library(target, cuda=False, sanitize=False, build_dir=None):
         compile_cuda_object(obj, compile_flags, log_path)
         objects.append(obj)
     san_link = ["-fsanitize=address,undefined"] if sanitize else []
+    # A failed or interrupted link must not leave the previous library's
+    # checksum beside whatever the linker wrote.
+    if os.path.exists(checksum_path(target)):
+        os.remove(checksum_path(target))
     _run([cxx, "-shared", "-o", target, *objects, *san_link, *link_flags],
          log_path)
+    write_checksum(target)
     return target
 
 

@@ -137,9 +137,9 @@ class LookupInputs {
     return ::tensorflow::OkStatus();
   }
 
-  // Checks every input before anything is allocated. `splits_on_host` is the
-  // row_splits tensor in host memory (always true for the CPU kernels; the
-  // GPU kernels declare row_splits as HostMemory).
+  // Checks every input before anything is allocated. row_splits is read
+  // here, on the host: it is in host memory for the CPU kernels, and the GPU
+  // kernels declare it HostMemory.
   Status Validate(OpKernelContext* ctx, int first, LookupArgs<T>* args) const {
     const Tensor& ids = ctx->input(first);
     const Tensor& splits = ctx->input(first + 1);
@@ -253,6 +253,37 @@ inline Acc BagScaleOf(const LookupArgs<T>& a, int64_t lo, int64_t hi) {
   return BagScale<Acc>(a.combiner, sum, square_sum);
 }
 
+// Estimated CPU cycles of the units of work handed to ParallelFor below,
+// from which the thread pool sizes its shards. They are rough and steer only
+// how the work is split, never the results: every sum runs in an order fixed
+// by the inputs, whatever the shards.
+//
+// One column of a row sum streamed from a token row: a load and a
+// multiply-add (the forward pooling, the token-gradient scatter).
+constexpr int64_t kColumnCost = 1;
+// One column where an output-gradient row meets a token row: the dot product
+// of the two, or the gradient row added into a row's sum in slot order.
+constexpr int64_t kGradientColumnCost = 2;
+// Hashing an id to one table row, and prefetching that row.
+constexpr int64_t kRowHashCost = 40;
+// An id's work in the lookup kernels besides its row hashes: its key, its
+// weights alpha and the bag bookkeeping.
+constexpr int64_t kIdCost = 40;
+// An id's work in MemRecHashRows besides its row hashes: its key and the
+// writes of its row indices.
+constexpr int64_t kHashRowsIdCost = 80;
+// The token-gradient scatter's test of one slot against a part's rows (every
+// part scans every slot).
+constexpr int64_t kSlotScanCost = 10;
+// Finding one slot of a row group: its index, output row and factor.
+constexpr int64_t kGroupedSlotCost = 20;
+// One column of one weight-gradient entry: an indirect load and an add.
+constexpr int64_t kWeightEntryCost = 4;
+// Converting one float sum to a half-precision output element.
+constexpr int64_t kConvertCost = 2;
+
+// Runs work(begin, end) over [0, total) on the op's CPU thread pool, in
+// shards sized from `cost_per_unit` (estimated cycles per unit, see above).
 void ParallelFor(OpKernelContext* ctx, int64_t total, int64_t cost_per_unit,
                  const std::function<void(int64_t, int64_t)>& work) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
@@ -317,7 +348,7 @@ constexpr int kRing = 16;  // a power of two above kAhead
 static_assert(kRing > kAhead && (kRing & (kRing - 1)) == 0, "ring size");
 
 // SaltKey of every salt, computed once per call (it does not depend on the
-// id); very wide inputs compute it per id instead.
+// id); with more than 65536 salts it is computed per id instead.
 class SaltKeys {
  public:
   explicit SaltKeys(const Signature& s) : s_(s) {
@@ -433,7 +464,7 @@ struct LookupFunctor<CPUDevice, T> {
   Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a, T* output) {
     using Acc = typename AccumulatorOf<T>::type;
     const Signature& s = a.signature;
-    const int k = s.num_hashes, kw = s.num_weight_hashes;
+    const int k = s.num_hashes;
     const int64_t d = a.dim;
     const SaltKeys salts(s);
     // Output rows [begin, end) read the contiguous ids [lo(begin), hi(end-1)).
@@ -474,7 +505,9 @@ struct LookupFunctor<CPUDevice, T> {
     };
     const int64_t ids_per_row =
         a.num_rows > 0 ? std::max<int64_t>(1, a.num_ids / a.num_rows) : 1;
-    ParallelFor(ctx, a.num_rows, ids_per_row * (k * (d + 40) + 40), work);
+    ParallelFor(ctx, a.num_rows,
+                ids_per_row * (k * (d * kColumnCost + kRowHashCost) + kIdCost),
+                work);
     return ::tensorflow::OkStatus();
   }
 };
@@ -534,7 +567,10 @@ struct LookupGradFunctor<CPUDevice, T> {
     };
     const int64_t ids_per_row =
         a.num_rows > 0 ? std::max<int64_t>(1, n_ids / a.num_rows) : 1;
-    ParallelFor(ctx, a.num_rows, ids_per_row * (k * (2 * d + 40) + 40), per_id);
+    ParallelFor(ctx, a.num_rows,
+                ids_per_row *
+                    (k * (d * kGradientColumnCost + kRowHashCost) + kIdCost),
+                per_id);
 
     TF_RETURN_IF_ERROR(TokenGradient(ctx, a, grad, token_rows, out_row,
                                      slot_factor));
@@ -578,12 +614,15 @@ struct LookupGradFunctor<CPUDevice, T> {
           for (int64_t c = 0; c < d; ++c) values[g * d + c] = static_cast<T>(acc[c]);
         }
       };
-      ParallelFor(ctx, u, std::max<int64_t>(1, slots / std::max<int64_t>(1, u)) *
-                              (2 * d + 20), work);
+      const int64_t slots_per_row =
+          std::max<int64_t>(1, slots / std::max<int64_t>(1, u));
+      ParallelFor(ctx, u,
+                  slots_per_row * (d * kGradientColumnCost + kGroupedSlotCost),
+                  work);
       return ::tensorflow::OkStatus();
     }
     // The table is not much larger than the slots: find the distinct rows
-    // with a table-sized index (memory proportional to the slots), then
+    // with a table-sized index (at most 4 slots + 4096 entries), then
     // scatter each slot's contribution straight into its row's place in the
     // output. Each part owns a range of rows and visits the slots in order,
     // so sums are race-free and deterministic (ascending slot order within
@@ -637,12 +676,12 @@ struct LookupGradFunctor<CPUDevice, T> {
         }
       }
     };
-    ParallelFor(ctx, parts, slots * (d + 10), scatter);
+    ParallelFor(ctx, parts, slots * (d * kColumnCost + kSlotScanCost), scatter);
     if (!std::is_same<T, Acc>::value) {
       auto convert = [&](int64_t begin, int64_t end) {
         for (int64_t i = begin * d; i < end * d; ++i) values[i] = static_cast<T>(sums[i]);
       };
-      ParallelFor(ctx, u, 2 * d, convert);
+      ParallelFor(ctx, u, d * kConvertCost, convert);
     }
     return ::tensorflow::OkStatus();
   }
@@ -676,8 +715,9 @@ struct LookupGradFunctor<CPUDevice, T> {
       }
     };
     const int64_t entries = static_cast<int64_t>(weight_rows.size());
-    ParallelFor(ctx, u, std::max<int64_t>(1, entries / std::max<int64_t>(1, u)) * width * 4,
-                work);
+    const int64_t entries_per_row =
+        std::max<int64_t>(1, entries / std::max<int64_t>(1, u));
+    ParallelFor(ctx, u, entries_per_row * width * kWeightEntryCost, work);
     return ::tensorflow::OkStatus();
   }
 };
@@ -695,7 +735,9 @@ struct HashRowsFunctor<CPUDevice> {
         WeightRows(s, ids[n], key, weight_rows + n * s.num_weight_hashes);
       }
     };
-    ParallelFor(ctx, num_ids, 40 * (s.num_hashes + s.num_weight_hashes + 2),
+    ParallelFor(ctx, num_ids,
+                (s.num_hashes + s.num_weight_hashes) * kRowHashCost +
+                    kHashRowsIdCost,
                 work);
     return ::tensorflow::OkStatus();
   }

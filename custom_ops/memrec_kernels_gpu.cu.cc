@@ -2,7 +2,7 @@
 // launches the kernels of memrec_kernels_gpu.cuh on the op's stream.
 //
 // Host <-> device traffic per call:
-//  - the Signature (a few hundred bytes) and, for bags, row_splits (declared
+//  - the Signature (under 1 KiB) and, for bags, row_splits (declared
 //    HostMemory by the kernel registrations) are copied to the device with
 //    cudaMemcpyAsync from pageable host memory, which returns once the
 //    source has been read, so the host buffers may go away afterwards;

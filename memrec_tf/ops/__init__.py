@@ -5,8 +5,9 @@ TensorFlow's built-in ops (`core`).
 The fused op's wrappers are re-exported here: `memrec_tf.ops.lookup`,
 `hash_rows`, `load_library`, `is_available`, `OpLibraryError`.
 """
-from memrec_tf.ops.fused import (LIBRARY_ENV, REBUILD_COMMAND, OpLibraryError, build_info,
-                                 hash_rows, is_available, library_path, load_library, lookup)
+from memrec_tf.ops.fused import (CHECKSUM_SUFFIX, LIBRARY_ENV, REBUILD_COMMAND, OpLibraryError,
+                                 build_info, hash_rows, is_available, library_path, load_library,
+                                 lookup)
 
-__all__ = ["LIBRARY_ENV", "OpLibraryError", "REBUILD_COMMAND", "build_info", "hash_rows",
-           "is_available", "library_path", "load_library", "lookup"]
+__all__ = ["CHECKSUM_SUFFIX", "LIBRARY_ENV", "OpLibraryError", "REBUILD_COMMAND", "build_info",
+           "hash_rows", "is_available", "library_path", "load_library", "lookup"]

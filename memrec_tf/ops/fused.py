@@ -3,8 +3,11 @@
 The library is loaded lazily, on first use, through `tf.load_op_library`.
 Before loading, the TensorFlow version it was built for is read from the
 file itself, so that a mismatch gives a message naming both versions and the
-command that rebuilds it, instead of an undefined-symbol traceback.
+command that rebuilds it, instead of an undefined-symbol traceback; and the
+file is checked against the SHA-256 that the build recorded beside it, so
+that a damaged library is refused instead of crashing the process.
 """
+import hashlib
 import importlib.machinery
 import os
 import re
@@ -19,6 +22,10 @@ _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY_ENV = "MEMREC_TF_OPS_LIBRARY"
 REBUILD_COMMAND = "pip install --no-build-isolation -e .  (in the memrec_tf source tree)"
 _TAG = re.compile(rb"MEMREC_BUILD_TAG\[([^\]]*)\]")
+# custom_ops/build.py writes the library's SHA-256 to `<library>` + this.
+CHECKSUM_SUFFIX = ".sha256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_ELF_MAGIC = b"\x7fELF"
 
 _lock = threading.Lock()
 _library = None
@@ -26,7 +33,7 @@ _error = None
 
 
 class OpLibraryError(RuntimeError):
-    """The compiled op library is missing or does not fit this TensorFlow."""
+    """The compiled op library is missing, damaged or does not fit this TensorFlow."""
 
 
 def library_path():
@@ -86,6 +93,57 @@ def _truncation(path):
     return None
 
 
+def _damage(path):
+    """Why the file at `path` cannot be a whole shared library, or None.
+
+    Without this an empty or non-ELF file reads as a library built for
+    TensorFlow "unknown" (it has no build tag), and a truncated one dies with
+    SIGBUS inside dlopen.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes)"
+    with open(path, "rb") as f:
+        magic = f.read(len(_ELF_MAGIC))
+    if magic != _ELF_MAGIC:
+        return (f"is not an ELF shared library (it starts with bytes {magic.hex(' ')}, "
+                f"not {_ELF_MAGIC.hex(' ')})")
+    if size < 64:
+        return f"is truncated (its {size} bytes end inside the ELF header)"
+    truncated = _truncation(path)
+    return f"is truncated ({truncated})" if truncated else None
+
+
+def _checksum_mismatch(path):
+    """Why the library at `path` fails its build-time checksum, or None.
+
+    custom_ops/build.py records the SHA-256 of every library it links in
+    `<library>.sha256`. A library damaged since (a flipped bit on disk, a
+    bad copy) may keep its build tag and ELF structure intact, load, and
+    crash on first use; only its checksum tells.
+    """
+    checksum_file = path + CHECKSUM_SUFFIX
+    try:
+        with open(checksum_file, encoding="ascii", errors="replace") as f:
+            fields = f.read(4096).split()
+    except FileNotFoundError:
+        return (f"has no checksum file: expected {checksum_file}, which the build "
+                "writes beside the library")
+    recorded = fields[0].lower() if fields else ""
+    if not _SHA256_HEX.fullmatch(recorded):
+        return (f"has a malformed checksum file {checksum_file} (it does not start "
+                "with a SHA-256 hex digest)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != recorded:
+        return (f"does not match its checksum: its SHA-256 is {digest.hexdigest()} but "
+                f"{checksum_file} records {recorded}, so the file was damaged or "
+                "changed after it was built")
+    return None
+
+
 def _load():
     path = library_path()
     if not os.path.isfile(path):
@@ -94,21 +152,26 @@ def _load():
             f"the memrec_tf op library {what}: expected {path}. Build it with "
             f"TensorFlow {tf.__version__} installed: {REBUILD_COMMAND}")
     try:
+        damage = _damage(path)
         info = build_info(path) or {}
-        truncated = _truncation(path)
+        mismatch = _checksum_mismatch(path)
     except OSError as e:
         raise OpLibraryError(
             f"the memrec_tf op library {path} cannot be read: {e}. Rebuild it: "
             f"{REBUILD_COMMAND}") from e
+    if damage:
+        raise OpLibraryError(
+            f"the memrec_tf op library {path} {damage}. Rebuild it with TensorFlow "
+            f"{tf.__version__} installed: {REBUILD_COMMAND}")
     built_for = info.get("tensorflow", "unknown")
     if built_for != tf.__version__:
         raise OpLibraryError(
             f"the memrec_tf op library {path} was built for TensorFlow {built_for} "
             f"but TensorFlow {tf.__version__} is running. Rebuild it: {REBUILD_COMMAND}")
-    if truncated:
+    if mismatch:
         raise OpLibraryError(
-            f"the memrec_tf op library {path} is truncated ({truncated}). Rebuild it: "
-            f"{REBUILD_COMMAND}")
+            f"the memrec_tf op library {path} {mismatch}. Rebuild it with TensorFlow "
+            f"{tf.__version__} installed: {REBUILD_COMMAND}")
     try:
         return tf.load_op_library(path)
     except (tf.errors.NotFoundError, OSError) as e:
