@@ -10,6 +10,7 @@ seed, same batches). Prints one table per data set and the gap between the
 default and the best of the sweep.
 """
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -61,7 +62,9 @@ def main():
             training.train(options, os.path.join(work, f"{name}-{batch}"), epochs=args.epochs,
                            batch_size=batch, verbose=0, callbacks=[callback])
             rows[batch] = callback.auc
-        default = training.train(options, os.path.join(work, f"{name}-default"), verbose=0)
+        default_dir = os.path.join(work, f"{name}-default")
+        default = training.train(options, default_dir, verbose=0)
+        default_batch = json.load(open(os.path.join(default_dir, "run.json")))["batch_size"]
         best = max((auc, e + 1, b) for b, aucs in rows.items() for e, auc in enumerate(aucs))
         print(f"\n{name}: eval AUC after each epoch (memrec train --train {train} "
               f"--eval {test}, --epochs N --batch-size B)")
@@ -69,7 +72,7 @@ def main():
         print("|---|" + "---|" * args.epochs)
         for batch, aucs in rows.items():
             print(f"| {batch} | " + " | ".join(f"{a:.4f}" for a in aucs) + " |")
-        print(f"default (no --epochs, batch 1024): AUC {default['auc']:.4f} after "
+        print(f"default (no --epochs, --batch-size; it chose {default_batch}): AUC {default['auc']:.4f} after "
               f"{default['epochs']} epochs; best of the sweep {best[0]:.4f} (epochs {best[1]}, "
               f"batch {best[2]}); gap {best[0] - default['auc']:+.4f}")
         sys.stdout.flush()
