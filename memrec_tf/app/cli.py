@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import sys
+import warnings
 
 # TensorFlow's C++ start-up chatter is not the user's business here.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -142,6 +143,8 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run, or an unfinished one with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show TensorFlow's and Keras' warnings")
 
     p = sub.add_parser("evaluate", help="score a trained model")
     p.add_argument("--model-dir", required=True)
@@ -280,11 +283,17 @@ def _cmd_plan(args):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "saved-model-cli":
-        from memrec_tf import saved_model_cli
+        from memrec_tf.app import saved_model_cli
 
         return saved_model_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     import tensorflow as tf
+
+    if not getattr(args, "verbose", False):
+        # TensorFlow's and Keras' Python warnings (not memrec_tf's own).
+        for module in ("keras", "tensorflow", "tf_keras"):
+            warnings.filterwarnings("ignore", module=module)
+        tf.get_logger().setLevel("ERROR")
 
     from memrec_tf.app.errors import UsageError
     from memrec_tf.data import MalformedLineError

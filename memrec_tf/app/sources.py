@@ -163,14 +163,15 @@ def make_source(options, batch_size, spec=None, train_rows=None):
     if options.format == "synthetic":
         cards = options.cardinalities or options.synthetic_preset
 
-        def synthetic(rows, stream):
+        def synthetic(rows, stream, batch):
             return data_lib.SyntheticCriteo(cards, num_rows=rows, seed=options.seed,
-                                            stream=stream, batch_size=batch_size)
+                                            stream=stream, batch_size=batch)
 
         return Source(
-            train=lambda b: _as_model_batches(synthetic(options.synthetic_rows, 0).dataset()),
-            eval=lambda b: _as_model_batches(synthetic(options.synthetic_eval_rows, 1).dataset()),
-            spec=spec or synthetic(1, 0).spec, readers=[], train_rows=options.synthetic_rows)
+            train=lambda b: _as_model_batches(synthetic(options.synthetic_rows, 0, b).dataset()),
+            eval=lambda b: _as_model_batches(
+                synthetic(options.synthetic_eval_rows, 1, b).dataset()),
+            spec=spec or synthetic(1, 0, batch_size).spec, readers=[], train_rows=options.synthetic_rows)
     readers = []
 
     def pipeline(path):

@@ -159,6 +159,11 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
             stopping = [keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                       patience=PATIENCE,
                                                       restore_best_weights=True)]
+        if verbose:
+            print(f"training ({_describe(data_options.train, data_options.format)}, "
+                  f"batches of {global_batch}"
+                  + (f", one batch in {every} held out for early stopping)"
+                     if epochs is None else f", {epochs} epochs)"), flush=True)
         history = sources.reading(
             source.readers, model.fit, dataset, verbose=verbose, shuffle=False,
             callbacks=[throughput, runs.EpochBackup(backup_dir), *stopping, *callbacks],
@@ -188,6 +193,9 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                 metrics.update(sources.reading(source.readers, _evaluate_locally, model,
                                                source.eval(global_batch)))
             else:
+                if verbose:
+                    print(f"evaluating ({_describe(data_options.eval, data_options.format)})",
+                          flush=True)
                 metrics.update(sources.reading(source.readers, _evaluate, model,
                                                source.eval(global_batch), verbose))
             metrics["eval_data"] = sources.check_rejects(source.readers,
@@ -198,6 +206,10 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         runs.write_json(os.path.join(output, runs.METRICS_FILE), metrics)
         runs.remove_backup(output)
     return metrics
+
+
+def _describe(path, data_format):
+    return path if path else f"{data_format} rows"
 
 
 def _check_eval_file(options, spec, batch_size):
