@@ -111,6 +111,9 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                 "embedding_overrides": dict(embedding_overrides or {}), "epochs": epochs,
                 "batch_size": batch_size, "learning_rate": learning_rate,
                 "optimizer": optimizer, "strategy": strategy, "hash_seed": hash_seed}
+    for path, flag in ((data_options.train, "--train"), (data_options.eval, "--eval")):
+        if path is not None:
+            sources.check_file(path, flag)
     resuming = runs.prepare_output(output, settings, overwrite) if runs.is_chief() else False
     # Same seed, same initial weights: a resumed run and an uninterrupted one
     # start alike.

@@ -119,8 +119,8 @@ def gather_rows(table, rows):
         def grad(upstream):
             flat = tf.reshape(rows, [-1])
             unique, position = tf.unique(flat, out_idx=tf.int64)
-            summed = tf.math.unsorted_segment_sum(
-                tf.reshape(upstream, [-1, tf.shape(values)[1]]), position, tf.size(unique))
+            per_row = tf.reshape(upstream, tf.stack([tf.size(flat), tf.shape(values)[1]]))
+            summed = tf.math.unsorted_segment_sum(per_row, position, tf.size(unique))
             order = tf.argsort(unique)
             return tf.IndexedSlices(tf.gather(summed, order), tf.gather(unique, order),
                                     tf.shape(values, out_type=tf.int64))

@@ -36,8 +36,9 @@ def mix64(z, shift_right=operator.rshift, constant=int, wrap=_wrap64):
       z: the values.
       shift_right: (z, bits) -> z shifted right, filling with zeros.
       constant: the type of the multipliers, from their unsigned value.
-      wrap: reduces a product to 64 bits (the identity for wrapping types).
+      wrap: reduces a value to 64 bits (the identity for wrapping types).
     """
+    z = wrap(z)
     z = z ^ shift_right(z, 30)
     z = wrap(z * constant(MIX_MUL1))
     z = z ^ shift_right(z, 27)

@@ -52,10 +52,9 @@ import tensorflow as tf
 from memrec_tf import ops
 from memrec_tf.layers.memrec_embedding import memrec_layers
 from memrec_tf.saved_model import writing
-from memrec_tf.saved_model.writing import forced_implementation
+from memrec_tf.saved_model.writing import SIGNATURE_KEY, forced_implementation
 
 MODES = ("core", "fused")
-SIGNATURE_KEY = "serving_default"
 INFO_DIR = "assets.extra"
 INFO_FILE = "memrec_tf_export.json"
 LOAD_FIX = ("load memrec_tf first (import memrec_tf; memrec_tf.load(path)) "

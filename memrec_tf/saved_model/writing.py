@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from memrec_tf.layers.memrec_embedding import memrec_layers
 
+SIGNATURE_KEY = "serving_default"
+
 def is_keras3(model):
     try:
         import keras  # pylint: disable=g-import-not-at-top
