@@ -39,12 +39,13 @@ test: install-test cuda-object
 	$(PYTHON) -m pytest -q --durations=15 tests
 
 # The tests not marked slow (see tests/conftest.py); no install step when the
-# op library is already built.
+# op library and its checksum file are already built.
 test-fast: op-library
 	$(PYTHON) -m pytest -q -m "not slow" --durations=10 tests
 
 op-library:
-	@ls memrec_tf/_memrec_ops*.so >/dev/null 2>&1 || $(MAKE) install-test
+	@ls memrec_tf/_memrec_ops*.so memrec_tf/_memrec_ops*.so.sha256 >/dev/null 2>&1 \
+		|| $(MAKE) install-test
 
 sanitize: install-test
 	bash tests/sanitize/run.sh

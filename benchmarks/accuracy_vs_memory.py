@@ -361,7 +361,7 @@ def main(argv=None):
     args.out = args.out or DEFAULT_OUT
     PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience, lr=args.lr)
     if args.head_fraction is not None:
-        from memrec_tf.planning import HEAD_FRACTION
+        from memrec_tf.sizing import HEAD_FRACTION
         if args.head_fraction != HEAD_FRACTION:  # recorded only when not the default
             PROTOCOL.update(head_fraction=args.head_fraction)
     datasets = [d for d in args.datasets.split(",") if d]

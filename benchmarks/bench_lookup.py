@@ -20,8 +20,9 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cpu_name, interleaved_times  # noqa: E402
 
-from memrec_tf import core, ops
-from memrec_tf.signature import Signature
+from memrec_tf import ops
+from memrec_tf.ops import core
+from memrec_tf.ops.signature import Signature
 
 
 def build_cases(args):

@@ -84,8 +84,9 @@ def measure(num_ids, combiner, dim, num_bags, backward=False, path="fused", k=2,
     import numpy as np
     import tensorflow as tf
 
-    from memrec_tf import core, ops
-    from memrec_tf.signature import Signature
+    from memrec_tf import ops
+    from memrec_tf.ops import core
+    from memrec_tf.ops.signature import Signature
 
     lookup = {"fused": ops.lookup, "core": core.lookup}[path]
     sig = Signature(num_hashes=k, num_weight_hashes=1, seed=seed)

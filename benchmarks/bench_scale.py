@@ -58,11 +58,11 @@ def fmt_bytes(n):
 
 def part_bytes(args):
     from memrec_tf import data as mdata
-    from memrec_tf import models
+    from memrec_tf import sizing
 
     d, cap = args.dim, args.cap
     cards = [min(c, cap) for c in mdata.TERABYTE_CARDINALITIES]
-    full = models.full_config(d, cardinalities=cards)
+    full = sizing.full_config(d, cardinalities=cards)
     rows = []
     for m in (1 << 16, 1 << 18, 1 << 20):
         weight_rows = m  # scalar weights: m_w = m, 4 bytes each
@@ -72,7 +72,7 @@ def part_bytes(args):
                          token_rows=m, weight_rows=weight_rows, bytes=nbytes,
                          ratio=full.bytes / nbytes))
     for ratio in (2900,):
-        c = models.memrec_config(d, cardinalities=cards, compression=ratio)
+        c = sizing.memrec_config(d, cardinalities=cards, compression=ratio)
         rows.append(dict(config=f"memrec_config(compression={ratio}), weight 1/8 of bytes",
                          token_rows=c.options["num_token_rows"],
                          weight_rows=c.options["num_weight_rows"], bytes=c.bytes,
@@ -98,6 +98,7 @@ def part_throughput(args):
     import tensorflow as tf
     from memrec_tf import data as mdata
     from memrec_tf import models
+    from memrec_tf.features import FeatureSpec
 
     keras = tf.keras
     keras.utils.set_random_seed(0)
@@ -110,7 +111,7 @@ def part_throughput(args):
     label = np.concatenate([b[1] for b in batches])
     ds = (tf.data.Dataset.from_tensor_slices(({"dense": dense, "categorical": cat}, label))
           .batch(batch, drop_remainder=True).repeat().prefetch(2))
-    spec = models.FeatureSpec(num_dense=13, cardinalities=cards)
+    spec = FeatureSpec.of(num_dense=13, cardinalities=cards)
     built = {}
     mem = {"start": _peak_rss_gb()}
     configs = [("full", "full", {}),

@@ -20,8 +20,8 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cpu_name, interleaved_times, write_json  # noqa: E402
 
-from memrec_tf import models  # noqa: E402
-from memrec_tf.layer import MemRecEmbedding  # noqa: E402
+from memrec_tf import layers  # noqa: E402
+from memrec_tf.layers import MemRecEmbedding  # noqa: E402
 
 
 def measure(values, args, rng):
@@ -30,8 +30,8 @@ def measure(values, args, rng):
     for _ in range(args.features):
         keys = np.unique(rng.integers(-2**62, 2**62, values))
         counted.append((keys, rng.zipf(1.2, len(keys)).astype(np.int64)))
-    keys, indices, oov, _ = models.frequency_index(counted)
-    lookup = models.VocabularyLookup([len(k) for k, _ in counted])
+    keys, indices, oov, _ = layers.frequency_index(counted)
+    lookup = layers.VocabularyLookup([len(k) for k, _ in counted])
     lookup.set_vocabulary(keys, indices, oov)
     embedding = MemRecEmbedding(args.dim, args.m, num_hashes=2, num_weight_rows=args.m // 8,
                                 vocabulary_size=lookup.vocabulary_size,

@@ -65,21 +65,21 @@ def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
     head_fraction: memrec-vocab-head's share of the token rows that are head
     rows (None: the share `memrec plan` recommends).
     """
-    from memrec_tf import models
+    from memrec_tf import sizing
 
     V = vocabulary_size
     if method == "full":
-        c = models.full_config(dim, vocabulary_size=V)
+        c = sizing.full_config(dim, vocabulary_size=V)
         return "full", dict(c.options), "global", c.bytes
     if method == "hashing":
-        c = models.hashing_config(dim, vocabulary_size=V, compression=compression)
+        c = sizing.hashing_config(dim, vocabulary_size=V, compression=compression)
         return "hashing", dict(c.options), "global", c.bytes
     if method == "qr":
-        c = models.qr_config(dim, vocabulary_size=V, compression=compression, combine="product")
+        c = sizing.qr_config(dim, vocabulary_size=V, compression=compression, combine="product")
         return "qr", dict(c.options), "global", c.bytes
     if method.startswith("memrec-paper-k"):
         k = int(method.rsplit("k", 1)[1])
-        c = models.memrec_config(dim, vocabulary_size=V, compression=compression,
+        c = sizing.memrec_config(dim, vocabulary_size=V, compression=compression,
                                  weight_fraction=WEIGHT_FRACTION, num_hashes=k)
         return "memrec", dict(c.options), "hashed", c.bytes
     args = dict(weight_fraction=WEIGHT_FRACTION, num_hashes=2)
@@ -89,13 +89,13 @@ def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
         args.update(weight_mode="per_hash")
     elif method not in ("memrec-vocab", "memrec-vocab-head"):
         raise ValueError(f"unknown method {method!r}; have {METHODS}")
-    c = models.memrec_config(dim, vocabulary_size=V, compression=compression, **args)
+    c = sizing.memrec_config(dim, vocabulary_size=V, compression=compression, **args)
     if method == "memrec-vocab-head":
         if head_fraction is None:  # the share `memrec plan` recommends
-            from memrec_tf.planning import HEAD_FRACTION as head_fraction
+            from memrec_tf.sizing import HEAD_FRACTION as head_fraction
         head = int(head_fraction * c.options["num_token_rows"])
         if head > 0:
-            c = models.memrec_config(dim, vocabulary_size=V, compression=compression,
+            c = sizing.memrec_config(dim, vocabulary_size=V, compression=compression,
                                      num_head_rows=head, **args)
     return "memrec", dict(c.options), "global", c.bytes
 
@@ -125,6 +125,7 @@ def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), bat
     """
     import tensorflow as tf
     from memrec_tf import models
+    from memrec_tf.features import FeatureSpec
 
     keras = tf.keras
     start = time.perf_counter()
@@ -132,9 +133,9 @@ def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), bat
     V = data["vocabulary_size"]
     embedding, options, kind, nbytes = method_config(method, V, data["cardinalities"],
                                                      compression, dim, head_fraction)
-    spec = models.FeatureSpec(num_dense=data["num_dense"],
-                              cardinalities=tuple(data["cardinalities"]),
-                              vocabulary_size=V if kind == "global" else 0)
+    spec = FeatureSpec.of(num_dense=data["num_dense"],
+                          cardinalities=tuple(data["cardinalities"]),
+                          vocabulary_size=V if kind == "global" else 0)
     model = models.build_model("dlrm", spec, embedding=embedding, embedding_options=options,
                                embedding_dim=dim, seed=seed, top_mlp=top_mlp)
     report = models.embedding_report(model)

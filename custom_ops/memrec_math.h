@@ -9,7 +9,7 @@
 // Every function here is a pure function of its arguments and is compiled
 // for host and device. Changing any constant or formula changes which rows
 // a value maps to, and so silently invalidates every trained model: the
-// pinned vectors in tests/test_hash_vectors.py exist to catch that.
+// pinned vectors in tests/ops/test_hash_vectors.py exist to catch that.
 #ifndef MEMREC_TF_CUSTOM_OPS_MEMREC_MATH_H_
 #define MEMREC_TF_CUSTOM_OPS_MEMREC_MATH_H_
 

@@ -14,12 +14,12 @@ import numpy as np
 
 # The radix layout is plain integer arithmetic shared with the core path; the
 # hash below is this file's own, to check the op against.
-from memrec_tf.signature import split_radix
+from memrec_tf.ops.signature import split_radix
 
 MASK64 = (1 << 64) - 1
 
 # The constants of memrec_math.h, copied here on purpose (not imported from
-# memrec_tf.signature): a change on either side must break a test.
+# memrec_tf.ops.signature): a change on either side must break a test.
 TOKEN_STREAM = 0x9E3779B97F4A7C15
 WEIGHT_STREAM = 0xD1B54A32D192ED03
 SALT_STREAM = 0xC2B2AE3D27D4EB4F

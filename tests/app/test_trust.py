@@ -33,6 +33,7 @@ def _metrics(out):
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_format_is_inferred_from_the_file(tmp_path):
     train = _criteo_file(tmp_path / "x.tsv")
     out = tmp_path / "run"
@@ -114,6 +115,7 @@ def test_an_evaluation_error_keeps_the_trained_model(tmp_path, capsys, monkeypat
     assert json.loads((out / "run.json").read_text())["state"] == "trained"
 
 
+@pytest.mark.slow
 def test_never_resume_or_replace_another_run(tmp_path, capsys):
     train = _criteo_file(tmp_path / "train.tsv")
     out = tmp_path / "run"

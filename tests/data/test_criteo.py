@@ -1,7 +1,6 @@
 """Criteo TSV reader: exact parsing, malformed lines, batching, real sample."""
 import gzip
 import math
-import os
 import time
 from pathlib import Path
 
@@ -12,10 +11,7 @@ import tensorflow as tf
 from memrec_tf.data import (EMPTY_ID, CriteoTSVReader, MalformedLineError, count_lines,
                             load_criteo_sample)
 
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("MEMREC_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import shared_data_dir
 
 
 def criteo_line(label="1", ints=None, cats=None) -> bytes:

@@ -1,13 +1,15 @@
-"""Global vocabulary index, in-memory arrays, specs and data paths."""
+"""Global vocabulary index, in-memory arrays and data paths."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from memrec_tf.data import (ArrayData, FeatureSpec, Vocabulary, count_lines, data_dir,
-                            frequency_order, load_criteo_sample, load_frappe,
-                            load_movielens100k)
+from memrec_tf.data import (ArrayData, Vocabulary, count_lines, data_dir, frequency_order,
+                            load_criteo_sample, load_frappe, load_movielens100k)
 from memrec_tf.data.arrays import split_rows
+from memrec_tf.features import FeatureSpec
+
+from conftest import REPO_ROOT
 
 
 def test_vocabulary_fit_orders_by_frequency_with_oov_slots():
@@ -71,17 +73,6 @@ def test_split_rows_partitions_all_rows():
         split_rows(batch, {"a": 0.5, "b": 0.2})
 
 
-def test_feature_spec():
-    spec = FeatureSpec(("d",), ("a", "b", "c"), cardinalities=(3, 4, 5))
-    np.testing.assert_array_equal(spec.column_offsets(), [0, 3, 7])
-    features, label = spec.element_spec()
-    assert features["categorical"].shape.as_list() == [None, 3]
-    with pytest.raises(ValueError, match="cardinalities"):
-        FeatureSpec(("d",), ("a",), cardinalities=(1, 2))
-    with pytest.raises(ValueError, match="needs every cardinality"):
-        FeatureSpec((), ("a", "b"), cardinalities=(3, None)).column_offsets()
-
-
 def test_count_lines(tmp_path):
     (tmp_path / "a").write_bytes(b"x\ny\n")
     (tmp_path / "b").write_bytes(b"x\ny")
@@ -97,7 +88,7 @@ def test_data_dir_override_and_missing_files(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError, match="MEMREC_DATA_DIR"):
             loader()
     monkeypatch.delenv("MEMREC_DATA_DIR")
-    assert data_dir() == Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    assert data_dir() == Path(REPO_ROOT).resolve().parent / "shared" / "data"
 
 
 def test_frequency_order_ranks_indices_by_training_count():

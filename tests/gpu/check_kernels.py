@@ -23,12 +23,12 @@ forward and forward+backward at 4096 bags x 26 ids, d = 64, against a device
 copy and torch's embedding over a 40M x 64 table, and prints one table.
 Exit status: 0 when every check passed, 1 otherwise.
 
-The pinned hash vectors are read from tests/test_hash_vectors.py (the
+The pinned hash vectors are read from tests/ops/test_hash_vectors.py (the
 project's contract, produced by the CPU op), without importing it.
 
 --self-test checks the numpy reference alone: the gradients against exact
 directional derivatives of the forward reference, then the pinned vectors.
-tests/test_gpu_build.py compares this reference with the TensorFlow CPU op,
+tests/ops/test_gpu_build.py compares this reference with the TensorFlow CPU op,
 compiles the kernels with NVRTC when it finds one, and runs this very script's
 GPU part on the CPU under a small CUDA emulator.
 """
@@ -49,11 +49,11 @@ KERNEL_HEADER = "memrec_kernels_gpu.cuh"
 
 # ----------------------------------------------------------- numpy reference
 def _load_signature_module():
-    """memrec_tf/signature.py by path: pure Python, no TensorFlow needed."""
+    """memrec_tf/ops/signature.py by path: pure Python, no TensorFlow needed."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "memrec_tf", "signature.py")
+        os.path.abspath(__file__)))), "memrec_tf", "ops", "signature.py")
     spec = importlib.util.spec_from_file_location("memrec_signature", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -61,7 +61,7 @@ def _load_signature_module():
 
 
 # The constants of memrec_math.h, from the package's pure-Python copy (pinned
-# against the C++ op by tests/test_hash_vectors.py).
+# against the C++ op by tests/ops/test_hash_vectors.py).
 _SIGNATURE = _load_signature_module()
 TOKEN_STREAM = _SIGNATURE.TOKEN_STREAM
 WEIGHT_STREAM = _SIGNATURE.WEIGHT_STREAM
@@ -298,7 +298,7 @@ def lookup_grad(grad, ids, row_splits, weights, token_table, weight_table, sig,
     return rows.astype(np.int64), values, wrows.astype(np.int64), wvalues
 
 
-# The pinned vectors are those of tests/test_hash_vectors.py, the project's
+# The pinned vectors are those of tests/ops/test_hash_vectors.py, the project's
 # hash contract (produced by the CPU MemRecHashRows op), read from that file so
 # that there is one copy. These two cases are also printed, for reading:
 # 'known' is among the pinned vectors; the vocabulary case is not.
@@ -312,11 +312,11 @@ SHOWN = [
 
 
 def _contract_vectors():
-    """The pinned vectors of tests/test_hash_vectors.py (the project's hash
+    """The pinned vectors of tests/ops/test_hash_vectors.py (the project's hash
     contract), read without importing it (it needs TensorFlow); None when
     that file is not there."""
     import ast
-    path = os.path.join(REPO, "tests", "test_hash_vectors.py")
+    path = os.path.join(REPO, "tests", "ops", "test_hash_vectors.py")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -333,7 +333,7 @@ def _contract_vectors():
 
 
 def pinned_vectors():
-    """The pinned vectors of tests/test_hash_vectors.py ([] without it)."""
+    """The pinned vectors of tests/ops/test_hash_vectors.py ([] without it)."""
     return _contract_vectors() or []
 
 
@@ -352,8 +352,8 @@ def check_pinned_numpy():
                      f"{token.tolist()} weight {weight.tolist()}")
     vectors = pinned_vectors()
     if not vectors:
-        lines.append("  WARNING: tests/test_hash_vectors.py not found: no pinned vectors")
-        return lines, ["tests/test_hash_vectors.py missing"]
+        lines.append("  WARNING: tests/ops/test_hash_vectors.py not found: no pinned vectors")
+        return lines, ["tests/ops/test_hash_vectors.py missing"]
     for case in vectors:
         token, weight = hash_rows(case["ids"], pinned_signature(case))
         if token.tolist() != case["token"] or weight.tolist() != case["weight"]:
@@ -361,7 +361,7 @@ def check_pinned_numpy():
             lines.append(f"  MISMATCH {case['name']}: numpy token {token.tolist()} weight "
                          f"{weight.tolist()}, pinned {case['token']} {case['weight']}")
     lines.append(f"  {len(vectors) - len(wrong)} of {len(vectors)} pinned vectors of "
-                 f"tests/test_hash_vectors.py reproduced by the numpy hash")
+                 f"tests/ops/test_hash_vectors.py reproduced by the numpy hash")
     return lines, wrong
 
 

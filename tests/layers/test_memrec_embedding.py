@@ -17,10 +17,11 @@ import tensorflow as tf
 import memrec_tf
 import reference
 from memrec_tf import MemRecEmbedding, ops
-from memrec_tf.layer import ids_to_int64
-from memrec_tf.signature import Signature
+from memrec_tf.layers.memrec_embedding import ids_to_int64
+from memrec_tf.ops.signature import Signature
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_ROOT
+
 D = 4
 
 
@@ -315,7 +316,7 @@ BAD_ARGUMENTS = [
     (dict(weight_mode="vector"), r"weight_mode must be one of .*, got 'vector'"),
     (dict(combiner="max"), r"combiner must be one of .*, got 'max'"),
     (dict(implementation="cuda"), r"implementation must be one of .*, got 'cuda'"),
-    (dict(seed="7"), r"seed must be an int, got '7'"),
+    (dict(seed="7"), r"seed must be an int in the int64 range, got '7'"),
     (dict(salt_columns=True, combiner="sum"),
      r"salt_columns=True needs combiner=None .*got combiner='sum'"),
     (dict(vocabulary_size=-1), r"vocabulary_size must be an int >= 0, got -1"),
@@ -509,9 +510,10 @@ def test_keras_mode_matches_environment(keras_mode, record_property):
     record_property("keras_mode", keras_mode)
     legacy = os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True")
     assert keras_mode == ("tf_keras" if legacy else "keras3")
-    assert isinstance(MemRecEmbedding(2, 3), memrec_tf.layer.keras.layers.Layer)
+    assert isinstance(MemRecEmbedding(2, 3), memrec_tf.layers.memrec_embedding.keras.layers.Layer)
 
 
+@pytest.mark.slow
 def test_legacy_subprocess_runs_layer_suite_under_tf_keras(keras_mode, tmp_path):
     """Re-runs this file under tf-keras (TF_USE_LEGACY_KERAS=1) in a child."""
     if keras_mode == "tf_keras":

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from memrec_tf import models
-from memrec_tf.data import Vocabulary, frequency_order
+from memrec_tf import layers, models
+from memrec_tf.data import Vocabulary, counted_cardinalities, frequency_order
+from memrec_tf.features import FeatureSpec
 
 keras = tf.keras
 KERAS_3 = not keras.__name__.startswith("tf_keras")
@@ -25,12 +26,12 @@ def _count(ids):
 def test_lookup_matches_the_benchmarks_vocabulary_then_frequency_order():
     ids = _raw_ids()
     counted = _count(ids)
-    keys, indices, oov, counts = models.frequency_index(counted)
+    keys, indices, oov, counts = layers.frequency_index(counted)
     vocab = Vocabulary.fit(ids)
     relabel = frequency_order(vocab.lookup(ids), vocab.size)
-    lookup = models.VocabularyLookup([len(v) for v, _ in counted])
+    lookup = layers.VocabularyLookup([len(v) for v, _ in counted])
     lookup.set_vocabulary(keys, indices, oov)
-    assert lookup.vocabulary_size == vocab.size == sum(models.column_cardinalities(counted))
+    assert lookup.vocabulary_size == vocab.size == sum(counted_cardinalities(counted))
     rng = np.random.default_rng(1)
     unseen = rng.integers(-2**63, 2**63 - 1, (200, 3), dtype=np.int64)
     for batch in (ids[:500], unseen, np.concatenate([ids[-7:], unseen[:7]])):
@@ -44,8 +45,8 @@ def test_lookup_matches_the_benchmarks_vocabulary_then_frequency_order():
 
 def test_empty_column_maps_everything_to_its_oov_index():
     counted = [(np.array([3, 9]), np.array([5, 1])), (np.zeros(0, np.int64), np.zeros(0, np.int64))]
-    keys, indices, oov, _ = models.frequency_index(counted)
-    lookup = models.VocabularyLookup([2, 0])
+    keys, indices, oov, _ = layers.frequency_index(counted)
+    lookup = layers.VocabularyLookup([2, 0])
     lookup.set_vocabulary(keys, indices, oov)
     out = lookup(tf.constant([[3, 3], [9, 0], [4, 9]], tf.int64)).numpy()
     np.testing.assert_array_equal(out, [[0, oov[1]], [1, oov[1]], [oov[0], oov[1]]])
@@ -53,18 +54,18 @@ def test_empty_column_maps_everything_to_its_oov_index():
 
 def test_bad_vocabularies_are_refused():
     with pytest.raises(ValueError, match="feature 0: values must be distinct and ascending"):
-        models.frequency_index([(np.array([2, 1]), np.array([1, 1]))])
+        layers.frequency_index([(np.array([2, 1]), np.array([1, 1]))])
     with pytest.raises(ValueError, match="feature 1: values .* and counts"):
-        models.frequency_index([(np.array([1]), np.array([1])), (np.array([1, 2]), np.array([1]))])
+        layers.frequency_index([(np.array([1]), np.array([1])), (np.array([1, 2]), np.array([1]))])
     with pytest.raises(ValueError, match="column_sizes must be ints >= 0"):
-        models.VocabularyLookup([3, -1])
-    lookup = models.VocabularyLookup([2, 1])
+        layers.VocabularyLookup([3, -1])
+    lookup = layers.VocabularyLookup([2, 1])
     with pytest.raises(ValueError, match=r"keys has shape \(2,\), expected \(3,\)"):
         lookup.set_vocabulary([1, 2], [0, 1, 2], [3, 4])
     for shape in ([4, 3], [4], [4, 2, 1]):  # no column is dropped or invented
         with pytest.raises(ValueError, match=r"needs ids \[batch, 2\]"):
             lookup(tf.zeros(shape, tf.int64))
-    spec = models.FeatureSpec(0, [4, 2])
+    spec = FeatureSpec.of(0, [4, 2])
     with pytest.raises(ValueError, match="the cardinalities must be its values"):
         models.build_model("dlrm", spec, "memrec", {"num_token_rows": 8},
                            vocabulary=[(np.array([1, 2]), np.array([1, 1]))] * 2)
@@ -77,15 +78,15 @@ def test_bad_vocabularies_are_refused():
 def test_model_on_raw_ids_trains_saves_and_reports_bytes(method, options, tmp_path):
     ids = _raw_ids(2000)
     counted = _count(ids)
-    cards = models.column_cardinalities(counted)
+    cards = counted_cardinalities(counted)
     rng = np.random.default_rng(2)
     label = ((ids[:, 0] % 3 == 0) ^ (rng.random(len(ids)) < 0.1)).astype("float32")[:, None]
     x = {"dense": rng.normal(size=(len(ids), 2)).astype("float32"), "categorical": ids}
     keras.utils.set_random_seed(0)
-    model = models.build_model("dlrm", models.FeatureSpec(2, cards), method, options,
+    model = models.build_model("dlrm", FeatureSpec.of(2, cards), method, options,
                                embedding_dim=8, vocabulary=counted)
     layer = models.embedding_layers(model)[0]
-    assert isinstance(layer, models.VocabularyEmbedding)
+    assert isinstance(layer, layers.VocabularyEmbedding)
     V = sum(cards)
     assert models.embedding_report(model).full_bytes == V * 8 * 4
     assert layer.mapping_bytes == 8 * (2 * (V - 3) + 3)

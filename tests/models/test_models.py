@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from memrec_tf import models
-from memrec_tf.models import budget as budget_lib
-from memrec_tf.models import features
+from memrec_tf import layers, models, sizing
+from memrec_tf.features import FeatureSpec, feature_offsets
+from memrec_tf.sizing import budget as budget_lib
 
 keras = tf.keras
 KERAS_3 = not keras.__name__.startswith("tf_keras")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_ROOT as REPO
 
 CARDS = [20, 30, 50, 100, 200]
 D = 8
@@ -39,7 +39,7 @@ def make_data(n=2000, id_space="hashed", seed=0):
     elif id_space == "per_feature":
         ids = index
     else:
-        ids = index + np.array(features.feature_offsets(CARDS))
+        ids = index + np.array(feature_offsets(CARDS))
     dense = rng.normal(size=(n, 4)).astype("float32")
     effects = [rng.normal(0.0, 2.0, c) for c in CARDS[:2]]
     logit = dense @ np.array([1.0, -1.0, 0.5, 0.0]) + effects[0][index[:, 0]] + \
@@ -50,8 +50,8 @@ def make_data(n=2000, id_space="hashed", seed=0):
 
 def spec_for(id_space, num_dense=4):
     if id_space == "global":
-        return models.FeatureSpec(num_dense, CARDS, vocabulary_size=sum(CARDS))
-    return models.FeatureSpec(num_dense, CARDS, dense_ids=id_space == "per_feature")
+        return FeatureSpec.of(num_dense, CARDS, vocabulary_size=sum(CARDS))
+    return FeatureSpec.of(num_dense, CARDS, dense_ids=id_space == "per_feature")
 
 
 def log_loss(model, x, y):
@@ -62,8 +62,13 @@ def log_loss(model, x, y):
 # ------------------------------------------------------------------ training
 
 
-@pytest.mark.parametrize("embedding", models.METHODS)
-@pytest.mark.parametrize("kind", models.MODELS)
+# The fast run trains DLRM over every embedding; DCN's in the full run.
+KINDS = [kind if kind == "dlrm" else pytest.param(kind, marks=pytest.mark.slow)
+         for kind in models.MODELS]
+
+
+@pytest.mark.parametrize("embedding", layers.METHODS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_trains_and_round_trips(kind, embedding, tmp_path):
     # Hashed ids for most; the dense id spaces for two, so each path trains.
     id_space = {"memrec_per_feature": "per_feature", "qr": "global"}.get(embedding, "hashed")
@@ -126,7 +131,7 @@ def test_cross_layer_matches_formula():
 
 
 def _built(method, id_space="hashed", **options):
-    layer = models.make_embedding(method, spec_for(id_space), D, **options)
+    layer = layers.make_embedding(method, spec_for(id_space), D, **options)
     layer.build((None, len(CARDS)))
     return layer
 
@@ -153,22 +158,22 @@ FULL = sum(CARDS) * D * 4  # 12,800
 def test_embedding_bytes(method, options, expected):
     layer = _built(method, **options)
     report = layer.embedding_bytes()
-    assert report == models.EmbeddingBytes(expected, FULL)
+    assert report == sizing.EmbeddingBytes(expected, FULL)
     assert _variable_bytes(layer) == expected
     assert report.ratio == pytest.approx(FULL / expected)
 
 
 def test_global_ids_full_bytes_count_the_vocabulary():
-    spec = models.FeatureSpec(0, [10, 10], vocabulary_size=50)
-    layer = models.make_embedding("full", spec, D)
+    spec = FeatureSpec.of(0, [10, 10], vocabulary_size=50)
+    layer = layers.make_embedding("full", spec, D)
     layer.build((None, 2))
-    assert layer.embedding_bytes() == models.EmbeddingBytes(50 * D * 4, 50 * D * 4)
+    assert layer.embedding_bytes() == sizing.EmbeddingBytes(50 * D * 4, 50 * D * 4)
 
 
 def test_model_report_sums_its_embedding():
     model = models.build_model("dlrm", spec_for("hashed"), "hashing", dict(num_rows=37),
                                embedding_dim=D)
-    assert models.embedding_report(model) == models.EmbeddingBytes(37 * D * 4, FULL)
+    assert models.embedding_report(model) == sizing.EmbeddingBytes(37 * D * 4, FULL)
 
 
 # ------------------------------------------------------------------- budget
@@ -178,7 +183,7 @@ def test_model_report_sums_its_embedding():
                                       dict(budget=2000), dict(budget=20_000)])
 def test_budget_configs_fit_and_build(request_):
     budget = request_.get("budget") or FULL // request_["compression"]
-    configs = models.budget_configs(D, CARDS, **request_)
+    configs = sizing.budget_configs(D, CARDS, **request_)
     assert {"memrec", "memrec_per_feature", "hashing", "qr"} <= set(configs)
     assert ("full" in configs) == (FULL <= budget)
     for method, config in configs.items():
@@ -192,19 +197,19 @@ def test_budget_configs_fit_and_build(request_):
 
 def test_budget_leaves_out_what_cannot_fit():
     # 800 bytes are 25 rows of 32: QR needs 2 x 20 rows to cover 400 values.
-    configs = models.budget_configs(D, CARDS, compression=16)
+    configs = sizing.budget_configs(D, CARDS, compression=16)
     assert set(configs) == {"memrec", "memrec_per_feature", "hashing"}
 
 
 def test_budget_memrec_weight_fraction():
-    config = models.memrec_config(D, CARDS, compression=4, weight_fraction=0.125)
+    config = sizing.memrec_config(D, CARDS, compression=4, weight_fraction=0.125)
     o = config.options
     assert (o["num_token_rows"], o["num_weight_rows"]) == (87, 100)  # 3200 bytes
     assert o["num_weight_rows"] * 4 == 3200 // 8
 
 
 def test_budget_with_vocabulary_size():
-    configs = models.budget_configs(16, vocabulary_size=5382, compression=16)
+    configs = sizing.budget_configs(16, vocabulary_size=5382, compression=16)
     assert "memrec_per_feature" not in configs
     budget = 5382 * 16 * 4 // 16
     for config in configs.values():
@@ -215,7 +220,7 @@ def test_budget_with_vocabulary_size():
 
 
 def test_budget_qr_per_feature_covers_each_feature():
-    config = models.qr_config(D, CARDS, budget=3000, per_feature=True)
+    config = sizing.qr_config(D, CARDS, budget=3000, per_feature=True)
     o = config.options
     assert config.bytes <= 3000
     assert all(r * q >= c for r, q, c in zip(o["remainder_rows"], o["quotient_rows"], CARDS))
@@ -234,11 +239,11 @@ def test_qr_rows_largest_remainder(num_values):
 
 def test_budget_errors():
     with pytest.raises(ValueError, match="below the 40 rows QR needs"):
-        models.qr_config(D, CARDS, budget=39 * D * 4)
+        sizing.qr_config(D, CARDS, budget=39 * D * 4)
     with pytest.raises(ValueError, match="exactly one of budget"):
-        models.hashing_config(D, CARDS)
+        sizing.hashing_config(D, CARDS)
     with pytest.raises(ValueError, match="cannot hold a MEM-REC layer"):
-        models.memrec_config(D, CARDS, budget=60)
+        sizing.memrec_config(D, CARDS, budget=60)
 
 
 # ---------------------------------------------------------------- semantics
@@ -247,8 +252,8 @@ def test_budget_errors():
 @pytest.mark.parametrize("combine", ["product", "sum"])
 def test_qr_rows_distinct_for_distinct_indices(combine):
     vocab = 400
-    spec = models.FeatureSpec(0, [vocab], vocabulary_size=vocab)
-    layer = models.make_embedding("qr", spec, D, remainder_rows=21, combine=combine)
+    spec = FeatureSpec.of(0, [vocab], vocabulary_size=vocab)
+    layer = layers.make_embedding("qr", spec, D, remainder_rows=21, combine=combine)
     ids = np.arange(vocab, dtype="int64")[:, None]
     out = layer(ids).numpy()[:, 0]
     remainder, quotient = (t.numpy()[:, 0] for t in layer.rows(ids))
@@ -267,8 +272,8 @@ def test_equal_raw_ids_in_two_features_differ():
 def test_shared_memrec_per_feature_ids_are_collision_free():
     # Per-feature dense ids become one vocabulary of 50: signatures from 16
     # rows (k=2: radices 8 x 8 = 64 >= 50) are all distinct.
-    spec = models.FeatureSpec(0, [20, 30], dense_ids=True)
-    layer = models.make_embedding("memrec", spec, D, num_token_rows=16, num_weight_rows=8,
+    spec = FeatureSpec.of(0, [20, 30], dense_ids=True)
+    layer = layers.make_embedding("memrec", spec, D, num_token_rows=16, num_weight_rows=8,
                                   embeddings_initializer="random_normal")
     ids = np.stack([np.arange(30) % 20, np.arange(30)], axis=1).astype("int64")
     out = layer(ids).numpy()
@@ -294,28 +299,30 @@ def test_error_messages():
     with pytest.raises(ValueError, match="embedding must be one of"):
         models.build_model("dlrm", spec, "bloom")
     with pytest.raises(ValueError, match="per_feature QR needs per-feature indices"):
-        models.make_embedding("qr", spec_for("global"), D, remainder_rows=4, per_feature=True)
+        layers.make_embedding("qr", spec_for("global"), D, remainder_rows=4, per_feature=True)
     with pytest.raises(ValueError, match="at least two vectors"):
-        models.build_model("dlrm", models.FeatureSpec(0, [10]), "full")
+        models.build_model("dlrm", FeatureSpec.of(0, [10]), "full")
     with pytest.raises(ValueError, match=r"needs ids \[batch, 5\]"):
-        models.make_embedding("hashing", spec, D, num_rows=4)(np.zeros((2, 3), "int64"))
+        layers.make_embedding("hashing", spec, D, num_rows=4)(np.zeros((2, 3), "int64"))
     with pytest.raises(ValueError, match="combine must be one of"):
-        models.make_embedding("qr", spec, D, remainder_rows=4, combine="concat")
+        layers.make_embedding("qr", spec, D, remainder_rows=4, combine="concat")
     with pytest.raises(ValueError, match="cardinalities must be"):
-        models.FeatureSpec(1, [10, 0])
+        FeatureSpec.of(1, [10, 0])
     with pytest.raises(ValueError, match="cardinalities must be"):
-        models.FeatureSpec(1, [10, 2.5])
-    assert models.FeatureSpec(1, np.array([10, 20])).cardinalities == (10, 20)
+        FeatureSpec.of(1, [10, 2.5])
+    assert FeatureSpec.of(1, np.array([10, 20])).cardinalities == (10, 20)
 
 
 # ------------------------------------------------------------------ tf-keras
 
 
+@pytest.mark.slow
 def test_legacy_keras_dlrm_memrec_fits():
     script = textwrap.dedent("""
         import numpy as np, tensorflow as tf
-        from memrec_tf import models
-        spec = models.FeatureSpec(2, [10, 20])
+        from memrec_tf import models, sizing
+        from memrec_tf.features import FeatureSpec
+        spec = FeatureSpec.of(2, [10, 20])
         model = models.build_model("dlrm", spec, "memrec", dict(num_token_rows=16),
                                    embedding_dim=4)
         assert type(model).__module__.startswith("tf_keras"), type(model).__module__
@@ -324,7 +331,7 @@ def test_legacy_keras_dlrm_memrec_fits():
         x = {"dense": rng.normal(size=(8, 2)).astype("float32"),
              "categorical": rng.integers(0, 2**40, size=(8, 2))}
         history = model.fit(x, np.ones((8, 1), "float32"), epochs=1, verbose=0)
-        assert models.embedding_report(model) == models.EmbeddingBytes(
+        assert models.embedding_report(model) == sizing.EmbeddingBytes(
             (16 * 4 + 16) * 4, 30 * 4 * 4)
         print("LOSS", history.history["loss"][0])
     """)

@@ -30,7 +30,8 @@ import types
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Two folders up: tests/ops/ -> the repository.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECK_SCRIPT = os.path.join(REPO, "tests", "gpu", "check_kernels.py")
 CUSTOM_OPS = os.path.join(REPO, "custom_ops")
 
@@ -86,10 +87,10 @@ def test_self_test_runs_without_cupy():
 
 def _pinned_contract_broken(detail):
     """custom_ops/memrec_math.h no longer reproduces the pinned vectors of
-    tests/test_hash_vectors.py. That test fails for it; here it is an xfail,
+    tests/ops/test_hash_vectors.py. That test fails for it; here it is an xfail,
     so that the checks of this file still report on their own."""
     pytest.xfail("the hash of memrec_math.h differs from the pinned vectors "
-                 "(see tests/test_hash_vectors.py):\n" + detail[-2000:])
+                 "(see tests/ops/test_hash_vectors.py):\n" + detail[-2000:])
 
 
 def test_signature_layout_matches_the_c_struct(tmp_path):
@@ -127,7 +128,7 @@ def _tf():
 
 
 def _tf_signature(sig):
-    from memrec_tf import signature as sig_lib
+    from memrec_tf.ops import signature as sig_lib
     return sig_lib.Signature(num_hashes=sig.num_hashes,
                              num_weight_hashes=sig.num_weight_hashes, seed=sig.seed,
                              num_salts=sig.num_salts, vocab_size=sig.vocab_size,

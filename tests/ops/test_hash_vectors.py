@@ -5,7 +5,7 @@ every id of every trained model. The literals below were produced once by the
 CPU MemRecHashRows op (memrec_tf.ops.hash_rows) at commit 31597ac (after
 508ce81's multiply-shift range reduction for tables below 2^32 rows and
 31597ac's quotient-remainder sizing of vocabulary digits) and are checked
-against the fused op, the built-in-ops path (memrec_tf.core) and the
+against the fused op, the built-in-ops path (memrec_tf.ops.core) and the
 TensorFlow-free numpy uint64 hash in tests/reference.py. Do not regenerate
 them to make a test pass: a mismatch means the hash changed.
 """
@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 
 import reference
-from memrec_tf import core, ops
-from memrec_tf.layer import ids_to_int64
-from memrec_tf import signature as sig_lib
-from memrec_tf.signature import Signature
+from memrec_tf import ops
+from memrec_tf.ops import core
+from memrec_tf.layers.memrec_embedding import ids_to_int64
+from memrec_tf.ops import signature as sig_lib
+from memrec_tf.ops.signature import Signature
 
 # tf.fingerprint (farmhash64) of the UTF-8 bytes, bitcast to int64 as
 # MemRecEmbedding does for string ids.

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from memrec_tf import MemRecEmbedding, core, ops
-from memrec_tf.signature import Signature
+from memrec_tf import MemRecEmbedding, ops
+from memrec_tf.ops import core
+from memrec_tf.ops.signature import Signature
 
 INT64_MIN = int(np.iinfo(np.int64).min)
 INT64_MAX = int(np.iinfo(np.int64).max)

@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 
 import reference
-from memrec_tf import core, ops
-from memrec_tf.signature import Signature
+from memrec_tf import ops
+from memrec_tf.ops import core
+from memrec_tf.ops.signature import Signature
 
 COMBINERS = ["none", "sum", "mean", "sqrtn"]
 WEIGHT_MODES = ["scalar", "per_hash"]

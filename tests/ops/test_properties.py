@@ -26,8 +26,9 @@ import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from memrec_tf import core, ops
-from memrec_tf.signature import MAX_HASHES, Signature
+from memrec_tf import ops
+from memrec_tf.ops import core
+from memrec_tf.ops.signature import MAX_HASHES, Signature
 
 INT64_MIN = int(np.iinfo(np.int64).min)
 INT64_MAX = int(np.iinfo(np.int64).max)
@@ -36,7 +37,7 @@ EXTREME_IDS = np.array([INT64_MIN, INT64_MIN + 1, -(2**32), -1, 0, 1, 2**31 - 1,
 COMBINERS = ["none", "sum", "mean", "sqrtn"]
 WEIGHT_MODES = ["scalar", "per_hash"]
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 
 _SCALE = int(os.environ.get("MEMREC_PROPERTY_SCALE", "1"))
 _BASE = settings(deadline=None, database=None, print_blob=True, derandomize=_SCALE == 1,
@@ -557,6 +558,7 @@ def _run_child(*args):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_raw_ops_refuse_invalid_inputs_without_crashing():
     examples = 300
     out = _run_child("--fuzz", str(examples))  # the child applies _SCALE
@@ -566,10 +568,12 @@ def test_raw_ops_refuse_invalid_inputs_without_crashing():
     assert ok >= examples // 10 and refused >= examples // 10, line
 
 
+@pytest.mark.slow
 def test_vocabulary_check_message_does_not_overflow():
     _run_child("--check", "vocabulary_message")
 
 
+@pytest.mark.slow
 def test_radix_split_near_int64_max_does_not_crash():
     _run_child("--check", "radix_split")
 

@@ -41,6 +41,11 @@ fi
 if ! grep -aq "sanitized=1" "$LIBRARY"; then
   echo "FAILED: $LIBRARY is not a sanitized build (its build tag lacks sanitized=1)"; exit 2
 fi
+# build.py writes the library's checksum beside it; the loader refuses a
+# library without one (a library passed with --library must keep its own).
+if [[ ! -f "$LIBRARY.sha256" ]]; then
+  echo "FAILED: $LIBRARY has no checksum file $LIBRARY.sha256 (build.py writes it)"; exit 2
+fi
 
 # ----------------------------------------------------------- environment
 ASAN_RUNTIME=$(g++ -print-file-name=libasan.so)
@@ -96,7 +101,8 @@ echo "== canary: both planted errors reported (heap-buffer-overflow, signed over
 
 # ------------------------------------------------------------------ tests
 sanitizer_options "$LOGS"
-TESTS=(tests/test_op.py tests/test_gradients.py tests/test_properties.py tests/test_numerics.py)
+TESTS=(tests/ops/test_op.py tests/ops/test_gradients.py tests/ops/test_properties.py
+       tests/ops/test_numerics.py)
 RUN=()
 for t in "${TESTS[@]}"; do
   if [[ -f "$t" ]]; then RUN+=("$t"); else echo "   (skipping $t: not present)"; fi

@@ -19,8 +19,8 @@ import pytest
 import tensorflow as tf
 
 import memrec_tf
-from memrec_tf import export as export_lib
-from memrec_tf import layer as layer_lib
+from memrec_tf import saved_model as export_lib
+from memrec_tf.layers import memrec_embedding as layer_lib
 from memrec_tf import ops
 
 from conftest import REPO_ROOT, current_keras_mode
@@ -118,7 +118,7 @@ def test_export_restores_implementation_on_error(ctr, tmp_path, monkeypatch):
         assert model.get_layer("emb").implementation == "core"
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_lib, "_write_saved_model", fail)
+    monkeypatch.setattr(export_lib.writing, "write_saved_model", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         export_lib.export(ctr, str(tmp_path / "m"))
     assert ctr.get_layer("emb").implementation == "auto"
@@ -235,7 +235,7 @@ _TF_KERAS_SCRIPT = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     import memrec_tf
-    from memrec_tf import export
+    from memrec_tf import saved_model
     keras = tf.keras
     assert keras.layers.Layer.__module__.startswith("tf_keras"), keras.layers.Layer.__module__
     ids = keras.Input((4,), dtype="int64", name="ids")
@@ -245,9 +245,9 @@ _TF_KERAS_SCRIPT = textwrap.dedent("""
     want = model.predict(batch, verbose=0)
     root = sys.argv[1]
     for mode in ("core", "fused"):
-        path = export.export(model, os.path.join(root, mode), mode=mode)
-        assert bool(export.memrec_op_types(path)) == (mode == "fused"), mode
-        got = export.load(path).signatures["serving_default"](ids=tf.constant(batch))
+        path = memrec_tf.export(model, os.path.join(root, mode), mode=mode)
+        assert bool(saved_model.memrec_op_types(path)) == (mode == "fused"), mode
+        got = memrec_tf.load(path).signatures["serving_default"](ids=tf.constant(batch))
         np.testing.assert_allclose(got["output_0"].numpy(), want, atol=1e-5, rtol=0)
         # The TF1 loader that saved_model_cli run and TF Serving use.
         with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
@@ -290,7 +290,7 @@ def jobs(exports, batch, tmp_path_factory):
                 "--input_exprs", ids_expr]
     for name in ("stock_core", "memrec_fused", "tfk"):
         (work / name).mkdir()
-    memrec_cli = [sys.executable, "-m", "memrec_tf.saved_model_cli"]
+    memrec_cli = [sys.executable, "-m", "memrec_tf.app.saved_model_cli"]
     started = {
         # Never imports memrec_tf, and reports whether anything did.
         "fresh": _Job("fresh", [sys.executable, "fresh.py", exports["core"],
@@ -318,17 +318,20 @@ def fresh_process(jobs):
     return json.loads((jobs["work"] / "fresh.json").read_text())
 
 
+@pytest.mark.slow
 def test_core_export_serves_in_a_process_without_memrec_tf(fresh_process, expected):
     assert fresh_process["memrec_tf_imported"] is False
     np.testing.assert_allclose(np.array(fresh_process["core"]), expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_fused_export_needs_the_op_library_in_a_fresh_process(fresh_process):
     assert fresh_process["memrec_tf_imported"] is False
     assert "MemRecLookup" in fresh_process["fused_error"]
     assert "not registered" in fresh_process["fused_error"]
 
 
+@pytest.mark.slow
 def test_stock_saved_model_cli_runs_core_export(jobs, expected):
     job = jobs["fresh"]
     assert job.returncode == 0, job.stderr[-3000:]
@@ -336,6 +339,7 @@ def test_stock_saved_model_cli_runs_core_export(jobs, expected):
                                expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_memrec_saved_model_cli_show_fused_export(jobs):
     job = jobs["memrec_show"]
     assert job.returncode == 0, job.stderr[-3000:]
@@ -345,6 +349,7 @@ def test_memrec_saved_model_cli_show_fused_export(jobs):
     assert "could not be listed due to the existence of custom ops" not in job.stdout
 
 
+@pytest.mark.slow
 def test_memrec_saved_model_cli_run_fused_export(jobs, expected):
     job = jobs["memrec_fused"]
     assert job.returncode == 0, job.stderr[-3000:]
@@ -356,7 +361,7 @@ def test_memrec_saved_model_cli_names_the_fix_without_the_library(exports, monke
                                                                  capsys):
     from tensorflow.python.tools import saved_model_cli as stock
 
-    from memrec_tf import saved_model_cli
+    from memrec_tf.app import saved_model_cli
 
     def stock_main():
         assert sys.argv == ["saved_model_cli", "show", "--dir", exports["fused"], "--all"]
@@ -368,11 +373,12 @@ def test_memrec_saved_model_cli_names_the_fix_without_the_library(exports, monke
     assert saved_model_cli.main(["show", "--dir", exports["fused"], "--all"]) == 1
     err = capsys.readouterr().err
     assert "MemRecLookup" in err
-    assert "import memrec_tf; memrec_tf.export.load(path)" in err
+    assert "import memrec_tf; memrec_tf.load(path)" in err
     assert "re-export with mode='core'" in err
     assert "missing.so" in err  # why the library did not load
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _TF_KERAS_AVAILABLE, reason="tf-keras is not installed")
 @pytest.mark.skipif(current_keras_mode() == "tf_keras", reason="already running under tf-keras")
 def test_tf_keras_model_exports_in_both_modes(jobs):
@@ -496,7 +502,7 @@ def test_failure_midway_keeps_the_old_model(ctr, batch, expected, tmp_path, monk
     path = str(tmp_path / "m")
     export_lib.export(ctr, path)
     before = _tree(path)
-    real_write = export_lib._write_saved_model
+    real_write = export_lib.writing.write_saved_model
 
     def write_then_fail(model, staged, specs):
         real_write(model, staged, specs)  # a complete model in the scratch dir ...
@@ -504,7 +510,7 @@ def test_failure_midway_keeps_the_old_model(ctr, batch, expected, tmp_path, monk
             f.write(b"half")  # ... then a torn write
         raise OSError("device lost")
 
-    monkeypatch.setattr(export_lib, "_write_saved_model", write_then_fail)
+    monkeypatch.setattr(export_lib.writing, "write_saved_model", write_then_fail)
     with pytest.raises(OSError, match="device lost"):
         export_lib.export(_ctr_model(seed=11), path, overwrite=True)
     assert _tree(path) == before

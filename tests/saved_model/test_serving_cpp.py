@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 import memrec_tf
-from memrec_tf import export as export_lib
-from memrec_tf import layer as layer_lib
+from memrec_tf import saved_model as export_lib
+from memrec_tf.layers import memrec_embedding as layer_lib
 from memrec_tf import ops
 
 from conftest import REPO_ROOT
