@@ -157,6 +157,7 @@ class EpochBackup(keras.callbacks.Callback):
     def __init__(self, backup_dir):
         super().__init__()
         self.backup_dir = backup_dir
+        self.epochs_done = 0  # by this run, an interrupted one's included
 
     def _checkpoints(self):
         if not os.path.isdir(self.backup_dir):
@@ -166,22 +167,19 @@ class EpochBackup(keras.callbacks.Callback):
                  if (m := _CHECKPOINT.match(name))]
         return sorted(found)
 
-    def latest_epoch(self):
-        """Epochs done by the newest complete checkpoint (0: none)."""
-        found = self._checkpoints()
-        return found[-1][0] if found else 0
-
     def on_train_begin(self, logs=None):
         found = self._checkpoints()
         if not found:
             return
         epoch, path = found[-1]
+        self.epochs_done = epoch
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(path)
         self.model._initial_epoch = epoch  # pylint: disable=protected-access
 
     def on_epoch_end(self, epoch, logs=None):
+        self.epochs_done = epoch + 1
         os.makedirs(self.backup_dir, exist_ok=True)
         older = self._checkpoints()
         path = os.path.join(self.backup_dir, f"epoch-{epoch + 1:05d}.weights.h5")

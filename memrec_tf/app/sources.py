@@ -171,7 +171,8 @@ def make_source(options, batch_size, spec=None, train_rows=None):
             train=lambda b: _as_model_batches(synthetic(options.synthetic_rows, 0, b).dataset()),
             eval=lambda b: _as_model_batches(
                 synthetic(options.synthetic_eval_rows, 1, b).dataset()),
-            spec=spec or synthetic(1, 0, batch_size).spec, readers=[], train_rows=options.synthetic_rows)
+            spec=spec or synthetic(1, 0, batch_size).spec, readers=[],
+            train_rows=options.synthetic_rows)
     readers = []
 
     def pipeline(path):

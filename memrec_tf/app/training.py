@@ -114,6 +114,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     for path, flag in ((data_options.train, "--train"), (data_options.eval, "--eval")):
         if path is not None:
             sources.check_file(path, flag)
+    if strategy == "multi-worker" and epochs is None:
+        raise UsageError("--strategy multi-worker needs --epochs")
     resuming = runs.prepare_output(output, settings, overwrite) if runs.is_chief() else False
     # Same seed, same initial weights: a resumed run and an uninterrupted one
     # start alike.
@@ -135,16 +137,14 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
             model_kind, source.spec, embedding, embedding_dim, compression,
             dict(embedding_overrides or {}), hash_seed=hash_seed, vocabulary=vocabulary)
         building.compile_model(model, learning_rate, optimizer)
+    run_record = {"settings": settings, "resumed": resuming, "spec": source.spec.to_dict(),
+                  "embedding_options": options, "batch_size": global_batch}
     if runs.is_chief():
-        runs.write_json(os.path.join(output, runs.RUN_FILE), {
-            "state": runs.TRAINING, "settings": settings, "resumed": resuming,
-            "spec": source.spec.to_dict(), "embedding_options": options,
-            "batch_size": global_batch})
+        runs.write_json(os.path.join(output, runs.RUN_FILE),
+                        dict(run_record, state=runs.TRAINING))
     throughput = _Throughput(global_batch)
     backup_dir = os.path.join(output, runs.BACKUP_DIR)
     multi_worker = isinstance(strategy_obj, tf.distribute.MultiWorkerMirroredStrategy)
-    if multi_worker and epochs is None:
-        raise UsageError("--strategy multi-worker needs --epochs")
     if multi_worker:
         start = time.perf_counter()
         throughput.examples = sources.reading(
@@ -167,11 +167,9 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                   f"batches of {global_batch}"
                   + (f", one batch in {every} held out for early stopping)"
                      if epochs is None else f", {epochs} epochs)"), flush=True)
-        history = sources.reading(
-            source.readers, model.fit, dataset, verbose=verbose, shuffle=False,
-            callbacks=[throughput, runs.EpochBackup(backup_dir), *stopping, *callbacks],
-            **fit_args)
-        epochs_run = len(history.history.get("loss", []))
+        backup = runs.EpochBackup(backup_dir)
+        sources.reading(source.readers, model.fit, dataset, verbose=verbose, shuffle=False,
+                        callbacks=[throughput, backup, *stopping, *callbacks], **fit_args)
     train_stats = sources.check_rejects(source.readers, data_options.max_rejected)
     report = models.embedding_report(model)
     metrics = {"auc": None, "logloss": None,
@@ -183,12 +181,11 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                "examples_per_second": throughput.examples_per_second,
                "model": model_kind, "embedding": embedding, "embedding_options": options,
                "num_replicas": strategy_obj.num_replicas_in_sync, "data": train_stats,
-               "epochs": epochs if multi_worker else epochs_run}
+               "epochs": epochs if multi_worker else backup.epochs_done}
     if runs.is_chief():
         runs.save_model(model, output)
-        runs.write_json(os.path.join(output, runs.RUN_FILE), {
-            "state": runs.TRAINED, "settings": settings, "spec": source.spec.to_dict(),
-            "embedding_options": options, "batch_size": global_batch})
+        runs.write_json(os.path.join(output, runs.RUN_FILE),
+                        dict(run_record, state=runs.TRAINED))
     if source.eval is not None:
         source.readers.clear()
         try:

@@ -273,7 +273,8 @@ def test_resume_from_checkpoint_reaches_the_uninterrupted_weights(tmp_path):
         training.train(sources.DataOptions(**options), str(resumed),
                        callbacks=[_StopAfterFirstEpoch()], **kwargs)
     assert (resumed / "backup").is_dir()
-    training.train(sources.DataOptions(**options), str(resumed), **kwargs)
+    metrics = training.train(sources.DataOptions(**options), str(resumed), **kwargs)
+    assert metrics["epochs"] == 3  # the interrupted run's epoch included
     a = runs.load_model(str(straight)).get_weights()
     b = runs.load_model(str(resumed)).get_weights()
     assert len(a) == len(b)
