@@ -17,7 +17,7 @@ install-test: install
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 
 run: install
-	$(PYTHON) -m memrec_tf.app.cli train --output $(RUN_DIR)
+	$(PYTHON) -m memrec_cli train --output $(RUN_DIR)
 
 # Compiles the CUDA kernels to an object file whenever nvcc is present, so a
 # change that breaks the GPU build fails here even without a GPU. It takes

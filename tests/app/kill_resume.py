@@ -21,7 +21,7 @@ import tempfile
 import time
 
 EPOCHS = 30
-COMMAND = [sys.executable, "-m", "memrec_tf.app.cli", "train", "--synthetic-preset", "tiny",
+COMMAND = [sys.executable, "-m", "memrec_cli", "train", "--synthetic-preset", "tiny",
            "--synthetic-rows", "2048", "--synthetic-eval-rows", "512", "--batch-size", "1024",
            "--num-token-rows", "500000", "--epochs", str(EPOCHS), "--quiet"]
 

@@ -1,6 +1,6 @@
 """The `memrec` command and its training runs: formats, errors, export, strategies, resume.
 
-Argument errors run `memrec_tf.app.cli.main` in this process; a child process
+Argument errors run `memrec_tf.app.cli.main` (which is `memrec_cli.main`) in this process; a child process
 runs the command only where the process itself is under test (it must exit
 after a reader's error instead of hanging) and for the multi-worker cluster.
 `memrec plan` is tested in test_planning.py.
@@ -27,9 +27,9 @@ TINY = ["--synthetic-preset", "tiny", "--synthetic-rows", "16384", "--synthetic-
 
 
 def run_cli(*args, env=None, timeout=300):
-    """Runs `python -m memrec_tf.app.cli ARGS` in a fresh process."""
+    """Runs `python -m memrec_cli ARGS` in a fresh process."""
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "memrec_tf.app.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "memrec_cli", *args], capture_output=True,
                           text=True, cwd=ROOT, env=full_env, timeout=timeout)
 
 
@@ -37,7 +37,7 @@ def run_main(argv, capsys):
     """`memrec ARGV` in this process: (exit status, the lines it wrote to stderr).
 
     argparse ends a bad command line with SystemExit (what `python -m
-    memrec_tf.app.cli` exits with); the other errors are returned by main().
+    memrec_cli` exits with); the other errors are returned by main().
     """
     capsys.readouterr()  # drop what came before
     try:
