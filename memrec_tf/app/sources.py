@@ -219,9 +219,22 @@ def holdout_every(rows, batch_size):
     return max(2, min(10, batches // 2))
 
 
-def split_holdout(dataset, every):
+def with_batch_count(dataset, rows, batch_size, keep=lambda batches: batches):
+    """`dataset` declaring how many batches it yields, so progress bars show a total.
+
+    `rows` are the rows the counting pass read from the same file: a file
+    that changes between that pass and training stops the run with
+    TensorFlow's cardinality error instead of training on what it became.
+    `keep(batches)` is the count of the batches kept out of all of them.
+    """
+    return dataset.apply(tf.data.experimental.assert_cardinality(
+        keep(-(-rows // batch_size))))
+
+
+def split_holdout(dataset, every, rows=None, batch_size=None):
     """(training, validation) batches of `dataset`: every `every`-th batch is
-    held out for validation, the same batches in every epoch."""
+    held out for validation, the same batches in every epoch. With `rows`
+    (counted) and `batch_size`, both declare their batch counts."""
     @tf.autograph.experimental.do_not_convert
     def held_out(i, batch):
         del batch
@@ -237,7 +250,12 @@ def split_holdout(dataset, every):
         return batch
 
     indexed = dataset.enumerate()
-    return indexed.filter(kept).map(batch_of), indexed.filter(held_out).map(batch_of)
+    training = indexed.filter(kept).map(batch_of)
+    validation = indexed.filter(held_out).map(batch_of)
+    if rows:
+        training = with_batch_count(training, rows, batch_size, lambda n: n - n // every)
+        validation = with_batch_count(validation, rows, batch_size, lambda n: n // every)
+    return training, validation
 
 
 def check_features(spec, reader_spec, path, what):

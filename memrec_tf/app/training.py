@@ -157,11 +157,14 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         dataset = source.train(global_batch)
         if epochs is None:
             every = sources.holdout_every(source.train_rows, global_batch)
-            dataset, validation = sources.split_holdout(dataset, every)
+            dataset, validation = sources.split_holdout(dataset, every, source.train_rows,
+                                                        global_batch)
             fit_args = dict(epochs=MAX_EPOCHS, validation_data=validation)
             stopping = [keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                       patience=PATIENCE,
                                                       restore_best_weights=True)]
+        elif source.train_rows:
+            dataset = sources.with_batch_count(dataset, source.train_rows, global_batch)
         if verbose:
             print(f"training ({_describe(data_options.train, data_options.format)}, "
                   f"batches of {global_batch}"
