@@ -30,6 +30,7 @@ EMBEDDINGS = ("memrec", "memrec_per_feature", "full", "hashing", "qr", "memrec_v
               "memrec_vocabulary_head", "qr_vocabulary", "full_vocabulary")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 STRATEGIES = ("default", "mirrored", "multi-worker")
+TABLE_DTYPES = ("float32", "bfloat16", "int8")
 # The share of a file's lines that may be malformed before a run stops.
 DEFAULT_MAX_REJECTED = 0.01
 
@@ -149,7 +150,13 @@ def build_parser():
                         "dense indices by frequency inside the model (see memrec plan)")
     p.add_argument("--embedding-dim", type=_positive(int), default=16)
     p.add_argument("--compression", type=_positive(float), default=16.0,
-                   help="size the embedding to full-table bytes / this (default 16)")
+                   help="size the embedding to float32 full-table bytes / this, counting every "
+                        "byte it serves (default 16)")
+    p.add_argument("--table-dtype", choices=TABLE_DTYPES, default="float32",
+                   help="MEM-REC: the format its token tables are served in. Training stays "
+                        "float32; the budget counts the served bytes, and the model is "
+                        "evaluated as served (int8: a scale per row, about 3x the rows of "
+                        "float32 in the same bytes)")
     p.add_argument("--num-token-rows", type=_positive(int), help="memrec: m (overrides sizing)")
     p.add_argument("--num-weight-rows", type=_positive(int), help="memrec: m_w")
     p.add_argument("--num-hashes", type=_positive(int), help="memrec: k")
@@ -185,6 +192,9 @@ def build_parser():
     p.add_argument("--output", required=True)
     p.add_argument("--mode", choices=("core", "fused"), default="core",
                    help="core: built-in ops only (stock TF Serving); fused: the fused op")
+    p.add_argument("--table-dtype", choices=TABLE_DTYPES,
+                   help="how MEM-REC token tables are stored (default: the training run's "
+                        "--table-dtype)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("plan", help="propose MEM-REC sizes for a byte budget")
@@ -201,6 +211,8 @@ def build_parser():
     group.add_argument("--compression", type=_positive(float), default=16.0)
     p.add_argument("--embedding-dim", type=_positive(int), default=16)
     p.add_argument("--num-hashes", type=_positive(int), default=2)
+    p.add_argument("--table-dtype", choices=TABLE_DTYPES, default="float32",
+                   help="the format the tables are served in (the budget counts those bytes)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     sub.add_parser("saved-model-cli", add_help=False,

@@ -24,8 +24,13 @@ OPTIMIZERS = {"adam": lambda lr: keras.optimizers.Adam(lr),
 
 
 def embedding_options(method, embedding_dim, cardinalities, compression, overrides,
-                      vocabulary_size=0, head_rows=False):
+                      vocabulary_size=0, head_rows=False, table_dtype="float32",
+                      mapping_bytes=0):
     """The embedding layer's options: sized to 1/compression, then overridden.
+
+    The budget counts the tables as served in `table_dtype` (MEM-REC's token
+    tables; see `memrec_tf.sizing.tables`) and `mapping_bytes` (an id ->
+    index mapping the model holds), against float32 full tables.
 
     With `vocabulary_size`, the layer reads that many global dense indices
     (the cardinalities are not used); `head_rows` then gives a MEM-REC
@@ -39,15 +44,28 @@ def embedding_options(method, embedding_dim, cardinalities, compression, overrid
               "hashing": sizing.hashing_config, "qr": sizing.qr_config}
     if method not in sizers:
         raise UsageError(f"unknown embedding {method!r}; choose one of {layers.METHODS}")
-    kwargs = {}
+    kwargs = {"table_dtype": table_dtype}
     if method.startswith("memrec"):
         for key in ("num_hashes", "num_weight_hashes", "weight_mode"):
             if overrides.get(key) is not None:
                 kwargs[key] = overrides[key]
 
+    budget = {"compression": compression}
+    if mapping_bytes:
+        # The id -> index mapping is served too: the tables get what it leaves.
+        full = sizing.full_table_bytes(cardinalities, vocabulary_size, embedding_dim)
+        total = sizing.budget_bytes(full, compression=compression)
+        if total <= mapping_bytes:
+            raise UsageError(
+                f"at --compression {compression:g} the budget is {total:,} bytes, and the "
+                f"id->index mapping of --embedding {method}_vocabulary alone takes "
+                f"{mapping_bytes:,}: pass a smaller --compression, or --embedding {method} "
+                "(raw ids hashed, no mapping)")
+        budget = {"budget": total - mapping_bytes}
+
     def size(**extra):
         return sizers[method](embedding_dim, cardinalities, vocabulary_size=vocabulary_size,
-                              compression=compression, **kwargs, **extra)
+                              **budget, **kwargs, **extra)
     try:
         config = size()
         if head_rows:
@@ -70,7 +88,7 @@ def compile_model(model, learning_rate, optimizer="adam"):
 
 
 def build_model(model_kind, spec, embedding, embedding_dim, compression, overrides,
-                hash_seed=0, vocabulary=None):
+                hash_seed=0, vocabulary=None, table_dtype="float32"):
     """The uncompiled model of `memrec train` and its embedding options.
 
     Args:
@@ -78,6 +96,8 @@ def build_model(model_kind, spec, embedding, embedding_dim, compression, overrid
       embedding: one of EMBEDDINGS; the VOCABULARY_METHODS need `vocabulary`,
         the training counts of `memrec_tf.data.count_values`.
       overrides: the MEM-REC sizes given as options (None: sized).
+      table_dtype: the format MEM-REC token tables are served in; the budget
+        counts those bytes.
 
     Returns:
       (model, embedding options).
@@ -86,10 +106,13 @@ def build_model(model_kind, spec, embedding, embedding_dim, compression, overrid
     if vocabulary is not None:
         options = embedding_options(method, embedding_dim, None, compression, overrides,
                                     vocabulary_size=sum(spec.cardinalities),
-                                    head_rows=embedding == "memrec_vocabulary_head")
+                                    head_rows=embedding == "memrec_vocabulary_head",
+                                    table_dtype=table_dtype,
+                                    mapping_bytes=sizing.vocabulary_mapping_bytes(
+                                        spec.cardinalities))
     else:
         options = embedding_options(method, embedding_dim, spec.cardinalities, compression,
-                                    overrides)
+                                    overrides, table_dtype=table_dtype)
     model = models.build_model(model_kind, spec, embedding=method, embedding_options=options,
                                embedding_dim=embedding_dim, seed=hash_seed,
                                vocabulary=vocabulary)

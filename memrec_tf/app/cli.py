@@ -29,12 +29,21 @@ def _data_options(args, eval_file=None):
 def _print_metrics(metrics):
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
-    print(f"eval AUC {fmt(metrics.get('auc'))}  log loss {fmt(metrics.get('logloss'))}")
+    served = metrics.get("table_dtype", "float32")
+    line = f"eval AUC {fmt(metrics.get('auc'))}  log loss {fmt(metrics.get('logloss'))}"
+    if "auc_float32" in metrics:
+        line += (f"  (tables served as {served}; as trained in float32: AUC "
+                 f"{fmt(metrics['auc_float32'])}, log loss {fmt(metrics['logloss_float32'])})")
+    print(line)
     if "embedding_bytes" in metrics:
         full = metrics["full_embedding_bytes"]
         used = metrics["embedding_bytes"]
-        print(f"embedding bytes {used:,} replacing full tables of {full:,} bytes "
-              f"({full / used:.1f}x smaller)")
+        mapping = metrics.get("vocabulary_mapping_bytes", 0)
+        parts = f"{metrics.get('embedding_table_bytes', used):,} of tables ({served})"
+        if mapping:
+            parts += f" + {mapping:,} of id->index mapping"
+        print(f"embedding bytes {used:,} ({parts}) replacing float32 full tables of "
+              f"{full:,} bytes ({full / used:.1f}x smaller)")
     if metrics.get("examples_per_second"):
         print(f"training throughput {metrics['examples_per_second']:,.0f} examples/s")
     data = metrics.get("data") or {}
@@ -63,7 +72,8 @@ def _cmd_train(args):
         embedding_dim=args.embedding_dim, compression=args.compression,
         embedding_overrides=overrides, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, strategy=args.strategy,
-        hash_seed=args.hash_seed, verbose=0 if args.quiet else 1, overwrite=args.overwrite)
+        hash_seed=args.hash_seed, verbose=0 if args.quiet else 1, overwrite=args.overwrite,
+        table_dtype=args.table_dtype)
     _print_metrics(metrics)
     print(f"model and metrics written to {args.output}")
     if metrics.get("eval_error"):
@@ -96,11 +106,13 @@ def _cmd_export(args):
     from memrec_tf.app.errors import UsageError
 
     model = runs.load_model(args.model_dir)
+    table_dtype = args.table_dtype or runs.table_dtype(args.model_dir)
     try:
-        export_lib.export(model, args.output, mode=args.mode, overwrite=args.overwrite)
+        export_lib.export(model, args.output, mode=args.mode, overwrite=args.overwrite,
+                          table_dtype=table_dtype)
     except FileExistsError as e:
         raise UsageError(f"{e} (pass --overwrite to replace it)") from e
-    print(f"exported ({args.mode}) to {args.output}")
+    print(f"exported ({args.mode}, {table_dtype} tables) to {args.output}")
 
 
 def _cmd_plan(args):
@@ -122,7 +134,8 @@ def _cmd_plan(args):
         value_counts = layers.frequency_index(counted)[3]
     plan = planning.plan(cards, args.embedding_dim, budget=args.budget_bytes,
                          compression=None if args.budget_bytes else args.compression,
-                         num_hashes=args.num_hashes, value_counts=value_counts)
+                         num_hashes=args.num_hashes, value_counts=value_counts,
+                         table_dtype=args.table_dtype)
     print(json.dumps(plan, indent=2) if args.json else planning.format_plan(plan))
 
 

@@ -1,44 +1,53 @@
 """`memrec plan`: MEM-REC sizes for a byte budget, beside the other methods.
 
-The plan sizes every embedding method to the same budget (all tables
-counted) with `memrec_tf.sizing.budget_configs`, and adds the MEM-REC
-options a layer takes. When the values can be given dense indices (a
-vocabulary, as libFM indices already are), it also proposes the
-collision-free vocabulary signature; the mapping from raw ids to indices
-then costs an int64 key and an int64 index per value on top
-(`sizing.vocabulary_mapping_bytes`), which the plan reports separately.
+Every byte an embedding needs to serve is counted: its tables, as served in
+`table_dtype` (`memrec_tf.sizing.tables`), and any id -> index mapping it
+holds. The plan sizes every method to the same budget of such bytes with
+`memrec_tf.sizing.budget_configs`, against float32 full tables.
 
-Given the training counts of the values (`memrec plan --data FILE` counts
-them), it also proposes frequency-aware head rows: the vocabulary signature
-with a quarter of the token rows owned by the most frequent values
-(`num_head_rows`), and reports what share of the training occurrences those
-values are. That configuration measured best or tied-best of every MEM-REC
-variant from /4 to /16 of the full bytes on Frappe and MovieLens-100K
-(BENCHMARKS.md, accuracy against memory), so the plan recommends it there
-when the counts are known; below /16 it recommends the hashed shared layer,
-which needs no id->index mapping.
+Two regimes, reported apart:
+  * raw ids (the `methods` of the plan): the model reads the ids of the
+    data. The vocabulary signatures (`memrec_vocabulary`, with counts also
+    `memrec_vocabulary_head`) then need an in-model mapping from raw ids to
+    dense indices, an int64 key and an int64 index per value
+    (`sizing.vocabulary_mapping_bytes`), which is part of their bytes: their
+    tables get what the mapping leaves of the budget. The plan recommends
+    the hashed shared layer (`memrec`), which needs no mapping.
+  * ids already mapped by a vocabulary layer (`vocabulary_layer`): when the
+    model's input already comes from a `keras.layers.StringLookup` or
+    `IntegerLookup` (which order their vocabulary by frequency), that
+    mapping is common to every method, the full table included, and not
+    counted; the vocabulary signatures get the whole budget. Given the
+    training counts, the head-row configuration is proposed there.
 """
 import numpy as np
 
 from memrec_tf import sizing
 
-# Recommend head rows down to this compression (the measured range).
-HEAD_MAX_COMPRESSION = 16.0
-
 
 def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes=2,
-         value_counts=None):
+         value_counts=None, table_dtype="float32"):
     """A dict: the features, the budget and one entry per method that fits it.
 
     Args:
       cardinalities: distinct values per categorical feature.
       embedding_dim: d.
-      budget: bytes for all embedding tables; or
-      compression: full-table bytes / compression.
+      budget: bytes for all embedding tables and mappings; or
+      compression: float32 full-table bytes / compression.
       num_hashes: k of the MEM-REC options.
       value_counts: optional training count of every value (all features,
         any order; sum(cardinalities) of them): adds the head-row
         configuration "memrec_vocabulary_head".
+      table_dtype: the format the tables are served in ("float32",
+        "bfloat16", "int8"); MEM-REC's weight table stays float32.
+
+    Returns:
+      {"cardinalities", "vocabulary_size", "embedding_dim", "table_dtype",
+      "full_bytes", "budget_bytes", "recommended", "methods" (raw ids: every
+      byte counted), "left_out" (method: why it does not fit),
+      "vocabulary_layer" (ids already mapped: mapping common to all)}. Each
+      method has "options", "bytes" (all of it), "table_bytes",
+      "mapping_bytes" and "compression".
 
     Raises:
       ValueError: no MEM-REC layer fits the budget, or value_counts does not
@@ -51,83 +60,100 @@ def plan(cardinalities, embedding_dim, budget=None, compression=None, num_hashes
             raise ValueError(f"value_counts has {value_counts.size} counts; the cardinalities "
                              f"sum to {sum(cards)}")
     configs = sizing.budget_configs(embedding_dim, cards, budget=budget, compression=compression,
-                                    num_hashes=num_hashes)
+                                    num_hashes=num_hashes, table_dtype=table_dtype)
     if "memrec" not in configs:
         raise ValueError(f"the budget is too small for a MEM-REC layer with d={embedding_dim}, "
                          f"k={num_hashes}")
+    full = configs["memrec"].full_bytes
+    total = sizing.budget_bytes(full, budget, compression)
+    methods = {name: _entry(config) for name, config in configs.items()}
     vocab = sum(cards)
-    methods = {}
-    for name, config in configs.items():
-        methods[name] = {"options": config.options, "bytes": config.bytes,
-                         "compression": round(config.ratio, 2)}
-    shared = dict(configs["memrec"].options)
-    try:
-        vocab_config = sizing.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
-                                            compression=compression, num_hashes=num_hashes)
-        options = dict(vocab_config.options, vocabulary_size=vocab)
-        methods["memrec_vocabulary"] = {
-            "options": options, "bytes": vocab_config.bytes,
-            "compression": round(vocab_config.ratio, 2),
-            "vocabulary_mapping_bytes": sizing.vocabulary_mapping_bytes(cards)}
-    except ValueError:
-        pass
-    if value_counts is not None and "memrec_vocabulary" in methods:
-        head = _head_method(value_counts, cards, embedding_dim, budget, compression, num_hashes,
-                            methods["memrec_vocabulary"]["options"]["num_token_rows"])
-        if head is not None:
-            methods["memrec_vocabulary_head"] = head
-    recommended = {"method": "memrec", "options": shared}
-    requested = compression if compression else configs["memrec"].full_bytes / budget
-    if "memrec_vocabulary_head" in methods and requested <= HEAD_MAX_COMPRESSION:
-        recommended = {"method": "memrec_vocabulary_head",
-                       "options": methods["memrec_vocabulary_head"]["options"]}
+    mapping = sizing.vocabulary_mapping_bytes(cards)
+    left_out = {}
+    vocabulary_layer = {}
+    for name, head in (("memrec_vocabulary", False), ("memrec_vocabulary_head", True)):
+        if head and value_counts is None:
+            continue
+        config = _vocabulary_config(embedding_dim, vocab, total - mapping, num_hashes,
+                                    table_dtype, head)
+        if config is None:
+            left_out[name] = (f"its id->index mapping takes {mapping:,} of the "
+                              f"{total:,} budget bytes, too few are left for its tables")
+        else:
+            methods[name] = _entry(config, mapping, head and value_counts)
+        mapped = _vocabulary_config(embedding_dim, vocab, total, num_hashes, table_dtype, head)
+        if mapped is not None:
+            vocabulary_layer[name] = _entry(mapped, 0, head and value_counts)
+    recommended = {"method": "memrec", "options": dict(configs["memrec"].options)}
     return {"cardinalities": cards, "vocabulary_size": vocab, "embedding_dim": embedding_dim,
-            "full_bytes": configs["memrec"].full_bytes, "budget_bytes": budget or int(
-                configs["memrec"].full_bytes // compression),
-            "recommended": recommended, "methods": methods}
+            "table_dtype": table_dtype, "full_bytes": full, "budget_bytes": total,
+            "recommended": recommended, "methods": methods, "left_out": left_out,
+            "vocabulary_layer": vocabulary_layer}
 
 
-def _head_method(counts, cards, embedding_dim, budget, compression, num_hashes, token_rows):
-    """The vocabulary signature with sizing.HEAD_FRACTION of its token rows as head rows."""
-    vocab = sum(cards)
-    head = sizing.head_rows(token_rows, vocab)
-    if head < 1:
+def _vocabulary_config(embedding_dim, vocab, budget, num_hashes, table_dtype, head):
+    """The vocabulary signature's config in `budget` bytes of tables (head:
+    sizing.HEAD_FRACTION of its token rows as head rows), or None."""
+    if budget <= 0:
         return None
     try:
         config = sizing.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
-                                      compression=compression, num_hashes=num_hashes,
-                                      num_head_rows=head)
+                                      num_hashes=num_hashes, table_dtype=table_dtype)
+        if head:
+            rows = sizing.head_rows(config.options["num_token_rows"], vocab)
+            if rows < 1:
+                return None
+            config = sizing.memrec_config(embedding_dim, vocabulary_size=vocab, budget=budget,
+                                          num_hashes=num_hashes, num_head_rows=rows,
+                                          table_dtype=table_dtype)
     except ValueError:
         return None
-    top = np.sort(counts)[::-1][:head]
-    total = int(counts.sum())
-    return {"options": dict(config.options, vocabulary_size=vocab), "bytes": config.bytes,
-            "compression": round(config.ratio, 2),
-            "vocabulary_mapping_bytes": sizing.vocabulary_mapping_bytes(cards),
-            "head_share_of_occurrences": round(float(top.sum()) / total, 4) if total else 0.0,
-            "index_order": "by descending training count (memrec_tf.data.frequency_order)"}
+    config.options["vocabulary_size"] = vocab
+    return config
+
+
+def _entry(config, mapping_bytes=0, counts=None):
+    """A plan entry: options and bytes (tables + mapping) of a sized config."""
+    every = config.bytes + mapping_bytes
+    entry = {"options": dict(config.options), "bytes": every, "table_bytes": config.bytes,
+             "mapping_bytes": mapping_bytes, "compression": round(config.full_bytes / every, 2)}
+    if counts is not None and counts is not False:
+        top = np.sort(counts)[::-1][:config.options["num_head_rows"]]
+        occurrences = int(counts.sum())
+        entry["head_share_of_occurrences"] = (round(float(top.sum()) / occurrences, 4)
+                                              if occurrences else 0.0)
+        entry["index_order"] = "by descending training count (memrec_tf.data.frequency_order)"
+    return entry
 
 
 def format_plan(p):
-    """The plan as a text table."""
+    """The plan as text tables: raw ids, then ids already mapped."""
     lines = [f"{len(p['cardinalities'])} categorical features, {p['vocabulary_size']:,} values, "
-             f"d={p['embedding_dim']}: full tables {p['full_bytes']:,} bytes, "
-             f"budget {p['budget_bytes']:,} bytes",
-             f"{'method':<24}{'bytes':>14}{'compression':>13}  options"]
-    for name, m in p["methods"].items():
+             f"d={p['embedding_dim']}: float32 full tables {p['full_bytes']:,} bytes, "
+             f"budget {p['budget_bytes']:,} bytes (tables served as {p['table_dtype']})",
+             "raw ids: every byte counted (tables + id->index mapping)",
+             *_method_lines(p["methods"])]
+    for name, why in p["left_out"].items():
+        lines.append(f"{name:<24}{'':>14}{'':>13}  does not fit: {why}")
+    rec = p["recommended"]
+    lines.append("recommended: MemRecEmbedding(" + ", ".join(
+        f"{k}={v}" for k, v in rec["options"].items()) + ", salt_columns=True)")
+    if p["vocabulary_layer"]:
+        lines += ["", "ids already mapped by a vocabulary layer (keras.layers.StringLookup / "
+                      "IntegerLookup, frequency-ordered): that mapping is common to every "
+                      "method and not counted here",
+                  *_method_lines(p["vocabulary_layer"])]
+    return "\n".join(lines)
+
+
+def _method_lines(methods):
+    lines = [f"{'method':<24}{'bytes':>14}{'compression':>13}  options"]
+    for name, m in methods.items():
         options = ", ".join(f"{k}={v}" for k, v in m["options"].items())
-        extra = (f" (+{m['vocabulary_mapping_bytes']:,} bytes of id->index mapping)"
-                 if "vocabulary_mapping_bytes" in m else "")
+        extra = (f" ({m['table_bytes']:,} of tables + {m['mapping_bytes']:,} of id->index "
+                 "mapping)" if m["mapping_bytes"] else "")
         if "head_share_of_occurrences" in m:
             extra += (f"; the head values are {m['head_share_of_occurrences'] * 100:.1f}% of "
                       "training occurrences; index values by descending count")
         lines.append(f"{name:<24}{m['bytes']:>14,}{m['compression']:>12.1f}x  {options}{extra}")
-    rec = p["recommended"]
-    tail = ", salt_columns=True)" if rec["method"] == "memrec" else ")"
-    lines.append("recommended: MemRecEmbedding(" + ", ".join(
-        f"{k}={v}" for k, v in rec["options"].items()) + tail)
-    if rec["method"] != "memrec":
-        lines.append(f"  (for dense indices ordered by training count: `memrec train --embedding "
-                     f"{rec['method']}` counts the training file and maps raw ids to them inside "
-                     "the model; in Python, memrec_tf.data.frequency_order)")
-    return "\n".join(lines)
+    return lines

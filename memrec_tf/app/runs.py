@@ -140,6 +140,15 @@ def load_model(model_dir):
     return keras.models.load_model(path)
 
 
+def table_dtype(model_dir):
+    """The format a run's MEM-REC token tables are served in (its --table-dtype)."""
+    try:
+        run = read_json(os.path.join(model_dir, RUN_FILE))
+    except (OSError, ValueError):
+        return "float32"
+    return run.get("settings", {}).get("table_dtype", "float32")
+
+
 def save_model(model, model_dir):
     """Writes the model atomically: a kill leaves the previous file or the new one."""
     replace_atomically(model.save, os.path.join(model_dir, MODEL_FILE), suffix=".keras")

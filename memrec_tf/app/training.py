@@ -7,6 +7,7 @@ epoch, and writes the model, the run file and the metrics (`runs`);
 `evaluate` scores a saved model. Everything a run needs to be evaluated
 again (the data options, the feature spec) is in its run file.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -19,6 +20,7 @@ from memrec_tf import models
 from memrec_tf.app import building, runs, sources
 from memrec_tf.app.errors import UsageError
 from memrec_tf.features import FeatureSpec
+from memrec_tf.layers.memrec_embedding import memrec_layers, stored_tables
 
 keras = tf.keras
 
@@ -82,7 +84,7 @@ class _Throughput(keras.callbacks.Callback):
 def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
           compression=16.0, embedding_overrides=None, epochs=None, batch_size=None,
           learning_rate=1e-3, optimizer="adam", strategy="default", hash_seed=0, verbose=1,
-          overwrite=False, callbacks=()):
+          overwrite=False, callbacks=(), table_dtype="float32"):
     """Trains a model and writes it, its run file and its metrics into `output`.
 
     An interrupted run resumes from its last complete epoch when rerun with
@@ -111,6 +113,12 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                 "embedding_overrides": dict(embedding_overrides or {}), "epochs": epochs,
                 "batch_size": batch_size, "learning_rate": learning_rate,
                 "optimizer": optimizer, "strategy": strategy, "hash_seed": hash_seed}
+    if table_dtype != "float32" and embedding not in building.MEMREC_EMBEDDINGS:
+        raise UsageError(f"--table-dtype {table_dtype} applies to --embedding "
+                         f"{' / '.join(building.MEMREC_EMBEDDINGS)} (token tables served in "
+                         "fewer bits); other embeddings serve float32 tables")
+    if table_dtype != "float32":
+        settings["table_dtype"] = table_dtype
     for path, flag in ((data_options.train, "--train"), (data_options.eval, "--eval")):
         if path is not None:
             sources.check_file(path, flag)
@@ -135,7 +143,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     with strategy_obj.scope():
         model, options = building.build_model(
             model_kind, source.spec, embedding, embedding_dim, compression,
-            dict(embedding_overrides or {}), hash_seed=hash_seed, vocabulary=vocabulary)
+            dict(embedding_overrides or {}), hash_seed=hash_seed, vocabulary=vocabulary,
+            table_dtype=table_dtype)
         building.compile_model(model, learning_rate, optimizer)
     run_record = {"settings": settings, "resumed": resuming, "spec": source.spec.to_dict(),
                   "embedding_options": options, "batch_size": global_batch}
@@ -174,8 +183,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         sources.reading(source.readers, model.fit, dataset, verbose=verbose, shuffle=False,
                         callbacks=[throughput, backup, *stopping, *callbacks], **fit_args)
     train_stats = sources.check_rejects(source.readers, data_options.max_rejected)
-    report = models.embedding_report(model)
-    metrics = {"auc": None, "logloss": None,
+    report = models.embedding_report(model, table_dtype)
+    metrics = {"auc": None, "logloss": None, "table_dtype": table_dtype,
                "embedding_bytes": int(report.bytes),
                "embedding_table_bytes": int(report.table_bytes),
                "vocabulary_mapping_bytes": int(report.mapping_bytes),
@@ -192,15 +201,23 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     if source.eval is not None:
         source.readers.clear()
         try:
-            if multi_worker:
-                metrics.update(sources.reading(source.readers, _evaluate_locally, model,
-                                               source.eval(global_batch)))
-            else:
+            def evaluate_once(served):
+                if multi_worker:
+                    return sources.reading(source.readers, _evaluate_locally, model,
+                                           source.eval(global_batch))
                 if verbose:
-                    print(f"evaluating ({_describe(data_options.eval, data_options.format)})",
+                    print(f"evaluating ({_describe(data_options.eval, data_options.format)}"
+                          + (f", tables as served in {table_dtype})" if served else ")"),
                           flush=True)
-                metrics.update(sources.reading(source.readers, _evaluate, model,
-                                               source.eval(global_batch), verbose))
+                return sources.reading(source.readers, _evaluate, model,
+                                       source.eval(global_batch), verbose)
+
+            if table_dtype != "float32":
+                as_trained = evaluate_once(False)
+                metrics.update({f"{k}_float32": v for k, v in as_trained.items()})
+                source.readers.clear()
+            with served_tables(model, table_dtype):
+                metrics.update(evaluate_once(table_dtype != "float32"))
             metrics["eval_data"] = sources.check_rejects(source.readers,
                                                          data_options.max_rejected)
         except (UsageError, ValueError, tf.errors.OpError) as e:
@@ -290,6 +307,19 @@ def _evaluate_locally(model, dataset):
     return {"auc": float(auc.result()), "logloss": float(logloss.result())}
 
 
+@contextlib.contextmanager
+def served_tables(model, table_dtype):
+    """The model looks up its MEM-REC token tables as served in `table_dtype`
+    (`memrec_embedding.stored_tables`); Keras' traced evaluation functions
+    are dropped on entry and exit so that they read the right tables."""
+    with stored_tables(memrec_layers(model), table_dtype):
+        model.test_function = model.predict_function = None
+        try:
+            yield
+        finally:
+            model.test_function = model.predict_function = None
+
+
 def _evaluate(model, dataset, verbose):
     results = model.evaluate(dataset, verbose=verbose, return_dict=True)
     return {"auc": float(results["auc"]), "logloss": float(results["logloss"])}
@@ -316,9 +346,14 @@ def evaluate(model_dir, data_options=None, batch_size=None, verbose=1):
     source = sources.make_source(options, batch_size, spec=spec)
     if source.eval is None:
         raise UsageError("--data FILE is required to evaluate on this format")
-    report = models.embedding_report(model)
-    metrics = sources.reading(source.readers, _evaluate, model, source.eval(batch_size), verbose)
-    metrics.update(embedding_bytes=int(report.bytes),
+    table_dtype = runs.table_dtype(model_dir)
+    report = models.embedding_report(model, table_dtype)
+    with served_tables(model, table_dtype):
+        metrics = sources.reading(source.readers, _evaluate, model, source.eval(batch_size),
+                                  verbose)
+    metrics.update(table_dtype=table_dtype, embedding_bytes=int(report.bytes),
+                   embedding_table_bytes=int(report.table_bytes),
+                   vocabulary_mapping_bytes=int(report.mapping_bytes),
                    full_embedding_bytes=int(report.full_bytes),
                    data=sources.check_rejects(source.readers, options.max_rejected))
     return metrics

@@ -69,11 +69,26 @@ class CategoricalEmbedding(keras.layers.Layer):
         """Bytes of an id -> index mapping this layer holds (none here)."""
         return 0
 
-    def embedding_bytes(self):
-        """`sizing.EmbeddingBytes`: its tables, its mapping, and the full tables
-        (rows of the full space x d, at the layer's dtype). The full space is
-        V rows for global ids, else the sum of cardinalities.
+    def stored_bytes(self, table_dtype):
+        """Bytes of its tables stored for serving as `table_dtype` (see
+        `memrec_tf.sizing.tables`)."""
+        return tables.stored_table_bytes(self.table_shapes(), table_dtype)
+
+    def embedding_bytes(self, table_dtype=None):
+        """`sizing.EmbeddingBytes`: its tables, its mapping, and the full tables.
+
+        Args:
+          table_dtype: None: the tables at the layer's dtype, against full
+            tables at that dtype. "float32", "bfloat16" or "int8": the bytes
+            as served in that format (`stored_bytes`), against float32 full
+            tables.
+        The full space is V rows for global ids, else the sum of cardinalities.
         """
+        if table_dtype is not None:
+            full = tables.full_table_bytes(self.cardinalities, self.vocabulary_size,
+                                           self.output_dim)
+            return tables.EmbeddingBytes(self.stored_bytes(table_dtype), full,
+                                         self.mapping_bytes)
         size = tables.dtype_size(self.variable_dtype)
         full = features.full_rows(self.cardinalities, self.vocabulary_size)
         return tables.EmbeddingBytes(tables.table_bytes(self.table_shapes(), size),

@@ -4,13 +4,14 @@ The layer is written against `tf.keras`, resolved when this module is first
 imported: Keras 3 by default, tf-keras when TF_USE_LEGACY_KERAS=1 (which
 TensorFlow Recommenders needs). Set the variable before importing memrec_tf.
 """
+import contextlib
 import dataclasses
 import warnings
 
 import tensorflow as tf
 
 from memrec_tf import ops
-from memrec_tf.ops import core
+from memrec_tf.ops import core, quantize
 from memrec_tf.ops.signature import MAX_HASHES, Signature
 from memrec_tf.sizing import tables
 
@@ -204,6 +205,12 @@ class MemRecEmbedding(keras.layers.Layer):
         return tables.memrec_table_shapes(self.num_token_rows, self.num_weight_rows,
                                           self.output_dim, self.num_hashes, self.weight_mode)
 
+    def stored_bytes(self, table_dtype="float32"):
+        """Bytes of its tables served with the token table stored as `table_dtype`
+        (the weight table stays float32; see `stored_tables`)."""
+        return tables.memrec_bytes(self.num_token_rows, self.num_weight_rows, self.output_dim,
+                                   self.num_hashes, self.weight_mode, table_dtype)
+
     def _signature(self):
         return Signature(num_hashes=self.num_hashes,
                          num_weight_hashes=self.num_weight_hashes, seed=self.seed,
@@ -228,22 +235,27 @@ class MemRecEmbedding(keras.layers.Layer):
 
     def _lookup(self, ids, row_splits, weights, combiner):
         """Flat ids [N] (and splits for bags) -> [rows, d] in compute dtype."""
-        table = tf.convert_to_tensor(self.token_table)
-        weight_table = tf.convert_to_tensor(self.weight_table)
-        weight_table = tf.cast(weight_table, table.dtype)
-        if weights is None:
-            weights = tf.zeros([0], table.dtype)
+        stored = getattr(self, "_stored_token_table", None)
+        scales = None
+        if stored is not None:  # see `stored_tables`: rows as they are served
+            table, scales = stored
+            weight_table = tf.convert_to_tensor(self.weight_table)
+            table_dtype = weight_table.dtype
         else:
-            weights = tf.cast(weights, table.dtype)
+            table = tf.convert_to_tensor(self.token_table)
+            weight_table = tf.cast(tf.convert_to_tensor(self.weight_table), table.dtype)
+            table_dtype = table.dtype
+        if weights is None:
+            weights = tf.zeros([0], table_dtype)
+        else:
+            weights = tf.cast(weights, table_dtype)
         if row_splits is None:
             row_splits = tf.zeros([0], tf.int64)
         signature = self._signature()
-        if self._uses_fused():
-            out = ops.lookup(ids, row_splits, weights, table, weight_table, signature,
-                             combiner=combiner, weight_mode=self.weight_mode)
-        else:
-            out = core.lookup(ids, row_splits, weights, table, weight_table, signature,
-                              combiner=combiner, weight_mode=self.weight_mode)
+        extra = {} if stored is None else {"token_scales": scales}
+        lookup = ops.lookup if self._uses_fused() else core.lookup
+        out = lookup(ids, row_splits, weights, table, weight_table, signature,
+                     combiner=combiner, weight_mode=self.weight_mode, **extra)
         return tf.cast(out, self.compute_dtype)
 
     def call(self, inputs, weights=None):
@@ -368,3 +380,34 @@ def memrec_layers(model):
     every = model._flatten_layers(include_self=True, recursive=True)
     layers = [layer for layer in every if isinstance(layer, MemRecEmbedding)]
     return list({id(layer): layer for layer in layers}.values())
+
+
+@contextlib.contextmanager
+def stored_tables(layers, table_dtype):
+    """Every layer reads its token table as it is stored for serving.
+
+    Inside the block, each MemRecEmbedding of `layers` looks up rows from its
+    token table rounded to `table_dtype` ("float32", "bfloat16" or "int8"
+    with a scale per row; see `memrec_tf.ops.quantize`), held in new
+    non-trainable tf.Variables that are not among the layer's weights. The
+    weight table stays float32. Used to export (only the stored tables are
+    written) and to evaluate a model as it will be served; the block is for
+    inference only (a stored table has no gradient). The float32 tables are
+    untouched, and each layer is restored on exit.
+    """
+    table_dtype = quantize.check_table_dtype(table_dtype)
+    if table_dtype == "float32":
+        yield
+        return
+    try:
+        for layer in layers:
+            values, scales = quantize.quantize_rows(layer.token_table, table_dtype)
+            stored = (tf.Variable(values, trainable=False, name=f"{layer.name}_stored_tokens"),
+                      None if scales is None else
+                      tf.Variable(scales, trainable=False, name=f"{layer.name}_token_scales"))
+            # Set around Keras' attribute tracking: these are not layer weights.
+            object.__setattr__(layer, "_stored_token_table", stored)
+        yield
+    finally:
+        for layer in layers:
+            object.__setattr__(layer, "_stored_token_table", None)

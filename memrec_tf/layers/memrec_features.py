@@ -55,6 +55,9 @@ class SharedMemRecEmbedding(CategoricalEmbedding):
     def table_shapes(self):
         return self.memrec.table_shapes()
 
+    def stored_bytes(self, table_dtype):
+        return self.memrec.stored_bytes(table_dtype)
+
     def call(self, inputs):
         if self.id_space == "per_feature":
             inputs = ids_lib.global_index(inputs, self.cardinalities, 0, True)
@@ -126,6 +129,9 @@ class PerFeatureMemRecEmbedding(CategoricalEmbedding):
 
     def table_shapes(self):
         return [shape for m in self.memrecs for shape in m.table_shapes()]
+
+    def stored_bytes(self, table_dtype):
+        return sum(m.stored_bytes(table_dtype) for m in self.memrecs)
 
     def call(self, inputs):
         return tf.stack([layer(inputs[:, j]) for j, layer in enumerate(self.memrecs)], axis=1)

@@ -81,8 +81,12 @@ def embedding_layers(model):
     return found
 
 
-def embedding_report(model):
+def embedding_report(model, table_dtype=None):
     """`sizing.EmbeddingBytes` of all a model's embedding layers: their bytes and the full bytes.
+
+    `table_dtype` None counts the tables as they are held; "float32",
+    "bfloat16" or "int8" as served in that format
+    (`CategoricalEmbedding.embedding_bytes`).
 
     Raises:
       ValueError: the model has no `CategoricalEmbedding`.
@@ -90,7 +94,8 @@ def embedding_report(model):
     layers = embedding_layers(model)
     if not layers:
         raise ValueError(f"model {model.name!r} has no memrec_tf.models embedding layer")
-    return sum((layer.embedding_bytes() for layer in layers[1:]), layers[0].embedding_bytes())
+    counts = [layer.embedding_bytes(table_dtype) for layer in layers]
+    return sum(counts[1:], counts[0])
 
 
 __all__ = ["MODELS", "CrossLayer", "DotInteraction", "build_dcn", "build_dlrm", "build_model",

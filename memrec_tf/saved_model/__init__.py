@@ -50,7 +50,8 @@ import tempfile
 import tensorflow as tf
 
 from memrec_tf import ops
-from memrec_tf.layers.memrec_embedding import memrec_layers
+from memrec_tf.layers.memrec_embedding import memrec_layers, stored_tables
+from memrec_tf.ops import quantize
 from memrec_tf.saved_model import writing
 from memrec_tf.saved_model.writing import SIGNATURE_KEY, forced_implementation
 
@@ -113,14 +114,14 @@ def _verify(path, mode, layers):
             f"a mode='core' export still holds memrec_tf ops {sorted(found)}; a stock "
             "TensorFlow could not serve it. A layer in the model calls the fused op "
             "outside MemRecEmbedding's implementation switch.")
-    if mode == "fused" and layers and "MemRecLookup" not in found:
+    if mode == "fused" and layers and not any(op.startswith("MemRecLookup") for op in found):
         raise ExportError(
             "a mode='fused' export holds no MemRecLookup op although the model has "
             f"MemRecEmbedding layers ({', '.join(layer.name for layer in layers)}).")
     return found
 
 
-def _write_info(path, mode, model, found, specs):
+def _write_info(path, mode, table_dtype, model, found, specs):
     import memrec_tf  # pylint: disable=g-import-not-at-top
 
     def describe(spec):
@@ -134,6 +135,7 @@ def _write_info(path, mode, model, found, specs):
     info = {
         "format": 1,
         "mode": mode,
+        "table_dtype": table_dtype,
         "memrec_ops": sorted(found),
         "memrec_tf_version": memrec_tf.__version__,
         "tensorflow_version": tf.__version__,
@@ -168,7 +170,7 @@ def _move_into_place(new, target):
         os.rename(old, target)
         raise
 
-def export(model, path, mode="core", overwrite=False, signature=None):
+def export(model, path, mode="core", overwrite=False, signature=None, table_dtype="float32"):
     """Writes `model` as a SavedModel whose `serving_default` takes raw features.
 
     Args:
@@ -187,13 +189,19 @@ def export(model, path, mode="core", overwrite=False, signature=None):
         keras.InputSpec or nested structure of them (as `input_signature` of
         Keras' `model.export`). Default: the model's own Keras inputs, named
         after them, with a dynamic batch dimension.
+      table_dtype: how MemRecEmbedding token tables are stored: "float32" (as
+        trained), "bfloat16", or "int8" with a float32 scale per row (about
+        a quarter of the bytes; see `memrec_tf.ops.quantize`). Only the
+        stored tables are written, and both modes read them as they are
+        stored, accumulating in float32. Weight tables and every other layer
+        stay as trained.
 
     Returns:
       The absolute path written.
 
     Raises:
       TypeError: `model` is not a Keras 3 or tf-keras Model.
-      ValueError: an unknown mode, a model that has never been built or
+      ValueError: an unknown mode or table_dtype, a model that has never been built or
         called, or a Keras 3 subclassed model without `signature` (Keras 3
         records no input dtypes for those).
       FileExistsError: `path` exists and overwrite is False.
@@ -203,6 +211,7 @@ def export(model, path, mode="core", overwrite=False, signature=None):
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    table_dtype = quantize.check_table_dtype(table_dtype)
     if not (writing.is_keras3(model) or writing.is_tf_keras(model)):
         raise TypeError(f"export needs a Keras 3 or tf-keras Model, got {type(model).__name__}")
     writing.check_built(model)
@@ -220,10 +229,11 @@ def export(model, path, mode="core", overwrite=False, signature=None):
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.export-", dir=parent)
     try:
         staged = os.path.join(scratch, "model")
-        with forced_implementation(layers, mode):
-            writing.write_saved_model(model, staged, specs)
+        with forced_implementation(layers, mode), stored_tables(layers, table_dtype):
+            writing.write_saved_model(model, staged, specs,
+                                      only_used_variables=table_dtype != "float32")
         found = _verify(staged, mode, layers)
-        _write_info(staged, mode, model, found, specs)
+        _write_info(staged, mode, table_dtype, model, found, specs)
         _move_into_place(staged, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

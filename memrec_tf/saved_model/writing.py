@@ -125,11 +125,16 @@ def _serving_fn(model, specs):
     return serve
 
 
-def _write_keras3(model, path, specs):
+def _write_keras3(model, path, specs, only_used_variables):
     import keras  # pylint: disable=g-import-not-at-top
 
     archive = keras.export.ExportArchive()
-    if _is_keras3_graph_model(model):
+    if only_used_variables:
+        # The archive collects what the endpoint reads (variables and Keras'
+        # lookup tables) by itself; tracking the model would add every
+        # variable, the float32 tables that stored ones replace included.
+        pass
+    elif _is_keras3_graph_model(model):
         archive.track(model)
     else:
         # Tracking a subclassed Model makes the SavedModel walk evaluate its
@@ -145,7 +150,7 @@ def _write_keras3(model, path, specs):
     archive.write_out(path, verbose=False)
 
 
-def _write_tf_keras(model, path, specs):
+def _write_tf_keras(model, path, specs, only_used_variables):
     serve = _serving_fn(model, specs)
 
     def named_outputs(*args):
@@ -156,11 +161,20 @@ def _write_tf_keras(model, path, specs):
         return {f"output_{i}": t for i, t in enumerate(flat)}
 
     function = tf.function(named_outputs, input_signature=specs, autograph=False)
-    tf.saved_model.save(model, path, signatures={SIGNATURE_KEY: function.get_concrete_function()})
+    concrete = function.get_concrete_function()
+    root = model
+    if only_used_variables:
+        # A module holding just the variables the serving function reads.
+        root = tf.Module()
+        root.variables_read = list(concrete.variables)
+        root.serve = function
+    tf.saved_model.save(root, path, signatures={SIGNATURE_KEY: concrete})
 
 
-def write_saved_model(model, path, specs):
+def write_saved_model(model, path, specs, only_used_variables=False):
+    """Writes `model`'s serving graph; with `only_used_variables`, only the
+    variables that graph reads (not every variable the model tracks)."""
     if is_keras3(model):
-        _write_keras3(model, path, specs)
+        _write_keras3(model, path, specs, only_used_variables)
     else:
-        _write_tf_keras(model, path, specs)
+        _write_tf_keras(model, path, specs, only_used_variables)

@@ -8,6 +8,7 @@ import pytest
 import memrec_cli
 from memrec_tf import layers, models
 from memrec_tf.app import building, sources, training
+from memrec_tf.ops import quantize
 
 
 def test_the_front_offers_what_memrec_tf_implements():
@@ -17,6 +18,7 @@ def test_the_front_offers_what_memrec_tf_implements():
     assert set(memrec_cli.OPTIMIZERS) == set(building.OPTIMIZERS)
     assert memrec_cli.STRATEGIES == training.STRATEGIES
     assert memrec_cli.DEFAULT_MAX_REJECTED == sources.DEFAULT_MAX_REJECTED
+    assert memrec_cli.TABLE_DTYPES == quantize.TABLE_DTYPES
     assert set(layers.METHODS) <= set(memrec_cli.EMBEDDINGS)
 
 

@@ -25,57 +25,86 @@ def test_plan_sizes_every_method_to_the_budget(capsys):
     assert plan["recommended"]["method"] == "memrec"
 
 
-def test_plan_counts_values_and_proposes_head_rows(tmp_path, capsys):
-    # Feature 0 has 40 values with Zipf-like counts, feature 1 has 300 rare ones.
-    rng = np.random.default_rng(3)
+def _zipf_libfm(tmp_path, rows=3000, seed=3):
+    """Feature 0: 40 values with Zipf-like counts; feature 1: 300 rare ones."""
+    rng = np.random.default_rng(seed)
     lines, counts = [], {}
-    for i in range(3000):
+    for _ in range(rows):
         a = min(int(rng.zipf(1.5)) - 1, 39)
         b = 40 + int(rng.integers(0, 300))
         counts[a] = counts.get(a, 0) + 1
         counts[b] = counts.get(b, 0) + 1
-        lines.append(f"{i % 2} {a}:1 {b}:1\n")
+        lines.append(f"{int((a % 3 == 0) ^ (rng.random() < 0.1))} {a}:1 {b}:1\n")
     path = tmp_path / "train.libfm"
     path.write_text("".join(lines))
+    return path, counts
+
+
+def test_plan_counts_the_mapping_of_vocabulary_signatures(tmp_path, capsys):
+    path, counts = _zipf_libfm(tmp_path)
     args = ["plan", "--format", "libfm", "--libfm-fields", "2", "--data", str(path), "--json"]
-    assert cli.main([*args, "--compression", "4"]) == 0
+    assert cli.main([*args, "--compression", "2"]) == 0
     plan = json.loads(capsys.readouterr().out)
     # The counted values and one out-of-vocabulary index per feature.
     assert plan["vocabulary_size"] == len(counts) + 2
-    head = plan["methods"]["memrec_vocabulary_head"]
+    mapping = sizing.vocabulary_mapping_bytes(plan["cardinalities"])
+    for name in ("memrec_vocabulary", "memrec_vocabulary_head"):
+        entry = plan["methods"][name]  # raw ids: the mapping is part of its bytes
+        assert entry["mapping_bytes"] == mapping
+        assert entry["bytes"] == entry["table_bytes"] + mapping <= plan["budget_bytes"]
+        assert entry["compression"] == round(plan["full_bytes"] / entry["bytes"], 2)
+        # Ids already mapped by a vocabulary layer: the whole budget for tables.
+        mapped = plan["vocabulary_layer"][name]
+        assert mapped["mapping_bytes"] == 0
+        assert entry["table_bytes"] < mapped["table_bytes"] <= plan["budget_bytes"]
+    head = plan["vocabulary_layer"]["memrec_vocabulary_head"]
     rows = head["options"]["num_head_rows"]
     assert rows == int(sizing.HEAD_FRACTION * head["options"]["num_token_rows"])
     top = sorted(counts.values(), reverse=True)[:rows]
     assert head["head_share_of_occurrences"] == pytest.approx(sum(top) / 6000, abs=1e-4)
-    assert head["bytes"] <= plan["budget_bytes"]
-    assert plan["recommended"]["method"] == "memrec_vocabulary_head"
-    # Past the measured range (/16) the hashed shared layer is recommended.
-    assert cli.main([*args, "--compression", "32"]) == 0
+    assert plan["recommended"]["method"] == "memrec"  # hashed: no mapping to serve
+    # At /16 the mapping alone is past the budget: left out, saying why.
+    assert cli.main([*args, "--compression", "16"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["recommended"]["method"] == "memrec"
+    assert "memrec_vocabulary" not in plan["methods"]
+    assert f"takes {mapping:,} of the" in plan["left_out"]["memrec_vocabulary"]
+    assert "memrec_vocabulary" in plan["vocabulary_layer"]
     # Without counts (cardinalities only) there is no head-row entry.
     assert cli.main(["plan", "--cardinalities", "40,300", "--compression", "4", "--json"]) == 0
-    assert "memrec_vocabulary_head" not in json.loads(capsys.readouterr().out)["methods"]
+    plan = json.loads(capsys.readouterr().out)
+    assert "memrec_vocabulary_head" not in plan["methods"]
+    assert "memrec_vocabulary_head" not in plan["vocabulary_layer"]
+    assert cli.main(["plan", "--cardinalities", "40,300", "--compression", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "raw ids: every byte counted" in text and "ids already mapped" in text
+
+
+def test_plan_sizes_int8_tables_in_served_bytes(capsys):
+    flags = ["plan", "--cardinalities", "100000,5000,30", "--compression", "16", "--json"]
+    assert cli.main(flags) == 0
+    f32 = json.loads(capsys.readouterr().out)
+    assert cli.main([*flags, "--table-dtype", "int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    assert int8["budget_bytes"] == f32["budget_bytes"]
+    for plan in (f32, int8):
+        for method in plan["methods"].values():
+            assert method["bytes"] <= plan["budget_bytes"]
+    rows = [p["methods"]["memrec"]["options"]["num_token_rows"] for p in (f32, int8)]
+    assert rows[1] > 3 * rows[0]  # d=16: 20 bytes a row against 64
 
 
 @pytest.mark.slow
 def test_train_vocabulary_head_as_planned_then_evaluate_and_export(tmp_path, capsys):
     # The plan's recommended configuration trains from raw ids as planned; the
     # model maps them itself, so the built-in-ops export serves raw ids.
-    rng = np.random.default_rng(4)
-    lines = []
-    for _ in range(3000):
-        a, b = min(int(rng.zipf(1.5)) - 1, 39), 40 + int(rng.integers(0, 300))
-        lines.append(f"{int((a % 3 == 0) ^ (rng.random() < 0.1))} {a}:1 {b}:1\n")
-    path = tmp_path / "train.libfm"
-    path.write_text("".join(lines))
+    path, _ = _zipf_libfm(tmp_path, seed=4)
     data = ["--format", "libfm", "--libfm-fields", "2"]
-    assert cli.main(["plan", *data, "--data", str(path), "--compression", "4", "--json"]) == 0
-    recommended = json.loads(capsys.readouterr().out)["recommended"]
-    assert recommended["method"] == "memrec_vocabulary_head"
+    assert cli.main(["plan", *data, "--data", str(path), "--compression", "2", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    recommended = plan["methods"]["memrec_vocabulary_head"]
     out = tmp_path / "run"
     assert cli.main(["train", *data, "--train", str(path), "--eval", str(path), "--compression",
-                     "4", "--embedding", "memrec_vocabulary_head", "--epochs", "3",
+                     "2", "--embedding", "memrec_vocabulary_head", "--epochs", "3",
                      "--batch-size", "64", "--learning-rate", "0.01", "--quiet",
                      "--output", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -84,6 +113,7 @@ def test_train_vocabulary_head_as_planned_then_evaluate_and_export(tmp_path, cap
                                             if k != "vocabulary_size"}
     assert metrics["full_embedding_bytes"] == planned["vocabulary_size"] * 16 * 4
     assert metrics["vocabulary_mapping_bytes"] == 8 * (2 * (planned["vocabulary_size"] - 2) + 2)
+    assert metrics["embedding_bytes"] == recommended["bytes"]
     assert metrics["auc"] > 0.8  # the label is a function of feature 0's value
     again = training.evaluate(str(out), verbose=0)
     assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
