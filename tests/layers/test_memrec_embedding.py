@@ -539,3 +539,24 @@ def test_legacy_subprocess_runs_layer_suite_under_tf_keras(keras_mode, tmp_path)
     assert total >= 40 and skipped < total // 4, output
     modes = {p.get("value") for p in suite.iter("property") if p.get("name") == "keras_mode"}
     assert modes == {"tf_keras"}, output
+
+
+def test_memory_report_counts_served_tables_and_mappings(keras):
+    from memrec_tf.layers import VocabularyEmbedding
+
+    ids = keras.Input(shape=(2,), dtype="int64")
+    a = MemRecEmbedding(16, 1000, num_weight_rows=100, combiner="sum", vocabulary_size=5000,
+                        name="a")(ids)
+    vocab = VocabularyEmbedding(16, [30, 12], method="memrec",
+                                method_options={"num_token_rows": 8}, name="v")
+    b = keras.layers.Flatten()(vocab(ids))
+    model = keras.Model(ids, keras.layers.Concatenate()([a, b]))
+    model(np.zeros([1, 2], np.int64))
+    rows = {r.name: r for r in memrec_tf.memory_report(model, table_dtype="int8")}
+    assert rows["a"].token_table_bytes == 1000 * (16 + 4)  # int8 and a float32 scale a row
+    assert rows["a"].weight_table_bytes == 100 * 4  # the weight table stays float32
+    assert rows["a"].full_table_bytes == 5000 * 16 * 4  # against float32 full tables
+    mapping = [r for name, r in rows.items() if "mapping" in name]
+    assert len(mapping) == 1 and mapping[0].bytes == vocab.mapping_bytes > 0
+    text = memrec_tf.format_report(list(rows.values()))
+    assert "id->index mapping" in text
