@@ -23,7 +23,8 @@ def _data_options(args, eval_file=None):
                        cardinalities=args.cardinalities,
                        synthetic_preset=args.synthetic_preset,
                        synthetic_rows=args.synthetic_rows,
-                       synthetic_eval_rows=args.synthetic_eval_rows, seed=args.seed)
+                       synthetic_eval_rows=args.synthetic_eval_rows, seed=args.seed,
+                       **({} if eval_file is None else {"eval_flag": "--data"}))
 
 
 def _print_metrics(metrics):
@@ -85,7 +86,7 @@ def _cmd_train(args):
 
 
 def _cmd_evaluate(args):
-    from memrec_tf.app import training
+    from memrec_tf.app import sources, training
     from memrec_tf.app.errors import UsageError
 
     options = None
@@ -93,6 +94,7 @@ def _cmd_evaluate(args):
         if args.data_file is None:
             raise UsageError(f"--format {args.format} needs --data FILE")
         options = _data_options(args, eval_file=args.data_file)
+        sources.check_file(args.data_file, "--data")  # before loading the model
     metrics = training.evaluate(args.model_dir, options, batch_size=args.batch_size,
                                 verbose=0 if args.quiet else 1)
     _print_metrics(metrics)
@@ -105,6 +107,7 @@ def _cmd_export(args):
     from memrec_tf.app import runs
     from memrec_tf.app.errors import UsageError
 
+    runs.check_output_folder(args.output, "--output")
     model = runs.load_model(args.model_dir)
     table_dtype = args.table_dtype or runs.table_dtype(args.model_dir)
     try:
@@ -124,7 +127,8 @@ def _cmd_plan(args):
     if cards is None:
         if not args.data:
             raise UsageError("give --cardinalities, or --data FILE to count them")
-        options = sources.DataOptions(format=args.format, train=args.data, columns=args.columns,
+        options = sources.DataOptions(format=args.format, train=args.data, train_flag="--data",
+                                      columns=args.columns,
                                       delimiter=args.delimiter,
                                       libfm_fields=args.libfm_fields).resolved()
         counted, _, _ = sources.count_training_values(options)

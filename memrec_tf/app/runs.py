@@ -86,6 +86,15 @@ def differing_settings(old, new):
     return names
 
 
+def check_output_folder(output, flag):
+    """A UsageError naming `flag` when a folder above `output` is a file."""
+    parent = os.path.dirname(os.path.abspath(output))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise UsageError(f"{flag} {output}: {parent} is a file, not a folder")
+
+
 def prepare_output(output, settings, overwrite=False):
     """Makes `output` ready for a run of `settings`; returns True when resuming.
 

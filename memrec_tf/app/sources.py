@@ -42,6 +42,8 @@ class DataOptions:
     synthetic_rows: int = 200_000
     synthetic_eval_rows: int = 50_000
     seed: int = 0                  # the synthetic rows (and the run's initial weights)
+    train_flag: str = "--train"    # the flags that named the files, for messages
+    eval_flag: str = "--eval"
 
     @property
     def files(self):
@@ -53,7 +55,8 @@ class DataOptions:
             return self
         if not self.files:
             return dataclasses.replace(self, format="synthetic")
-        formats = {path: infer_format(path) for path in self.files}
+        flags = {self.train: self.train_flag, self.eval: self.eval_flag}
+        formats = {path: infer_format(path, flags[path]) for path in self.files}
         if len(set(formats.values())) > 1:
             raise UsageError("the data files look like different formats ("
                              + ", ".join(f"{p}: {f}" for p, f in formats.items())
@@ -70,7 +73,7 @@ def check_file(path, flag):
     return path
 
 
-def infer_format(path):
+def infer_format(path, flag="data file"):
     """The format of a data file from its name and first line.
 
     .csv files are csv; otherwise a first line of 40 tab-separated fields is
@@ -79,7 +82,7 @@ def infer_format(path):
     Raises:
       UsageError: the file is missing, or its format cannot be told.
     """
-    check_file(path, "data file")
+    check_file(path, flag)
     name = path[:-3] if path.endswith(".gz") else path
     if name.endswith(".csv"):
         return "csv"
@@ -121,7 +124,8 @@ def make_reader(options, path, batch_size):
 
 def count_training_values(options, batch_size=8192):
     """`data.count_values` of the training file (or else the eval file)."""
-    path, flag = (options.train, "--train") if options.train else (options.eval, "--eval")
+    path, flag = ((options.train, options.train_flag) if options.train
+                  else (options.eval, options.eval_flag))
     reader = make_reader(options, check_file(path, flag), batch_size)
     try:
         counted = reading([reader], data_lib.count_values, reader)
@@ -186,9 +190,9 @@ def make_source(options, batch_size, spec=None, train_rows=None):
         return make
 
     if options.train is not None:
-        check_file(options.train, "--train")
+        check_file(options.train, options.train_flag)
     if options.eval is not None:
-        check_file(options.eval, "--eval")
+        check_file(options.eval, options.eval_flag)
     if spec is None:
         spec, train_rows = _counted_spec(options, batch_size)
     return Source(train=pipeline(options.train), eval=pipeline(options.eval), spec=spec,

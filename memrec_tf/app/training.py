@@ -119,7 +119,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                          "fewer bits); other embeddings serve float32 tables")
     if table_dtype != "float32":
         settings["table_dtype"] = table_dtype
-    for path, flag in ((data_options.train, "--train"), (data_options.eval, "--eval")):
+    for path, flag in ((data_options.train, data_options.train_flag),
+                       (data_options.eval, data_options.eval_flag)):
         if path is not None:
             sources.check_file(path, flag)
     if strategy == "multi-worker" and epochs is None:
@@ -340,7 +341,7 @@ def evaluate(model_dir, data_options=None, batch_size=None, verbose=1):
     options = dataclasses.replace(data_options.resolved(),
                                   cardinalities=list(spec.cardinalities))
     if options.format != "synthetic":
-        reader = sources.make_reader(options, sources.check_file(options.eval, "--data"), 1)
+        reader = sources.make_reader(options, sources.check_file(options.eval, options.eval_flag), 1)
         sources.check_features(spec, reader.spec, options.eval, f"the model in {model_dir}")
     batch_size = batch_size or run.get("batch_size", 1024)
     source = sources.make_source(options, batch_size, spec=spec)

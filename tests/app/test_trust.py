@@ -56,6 +56,7 @@ def test_unknown_format_or_missing_file_names_the_flag(tmp_path, capsys):
     assert "--format" in capsys.readouterr().err
     assert cli.main(["evaluate", "--model-dir", str(tmp_path / "r"),
                      "--data", str(tmp_path / "missing.tsv")]) == 2
+    assert "--data" in capsys.readouterr().err
     assert cli.main(["train", "--train", str(tmp_path / "missing.tsv"),
                      "--output", str(tmp_path / "r")]) == 2
     assert "missing.tsv" in capsys.readouterr().err
@@ -141,6 +142,17 @@ def test_output_path_through_a_file_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["train", "--synthetic-rows", "64", "--synthetic-eval-rows", "64",
                      "--output", str(blocker / "run"), *FAST]) == 2
     assert "file" in capsys.readouterr().err
+
+
+def test_messages_name_the_flag_the_user_passed(tmp_path, capsys):
+    missing = str(tmp_path / "missing.tsv")
+    assert cli.main(["plan", "--data", missing]) == 2
+    assert f"--data {missing}: no such file" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["export", "--model-dir", str(tmp_path), "--output",
+                     str(blocker / "export")]) == 2
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("columns", ["click,site", "label=a,label=b", "bogus=x"])
