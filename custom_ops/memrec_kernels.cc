@@ -466,7 +466,9 @@ inline void HashAndPrefetch(const LookupArgs<T, Table>& a, const SaltKeys& salts
   WeightRows(s, id, key, weight_rows);
   for (int i = 0; i < s.num_hashes; ++i) {
     PrefetchRow(a.token_table + token_rows[i] * a.dim, a.dim);
-    if (a.token_scales != nullptr) __builtin_prefetch(a.token_scales + token_rows[i]);
+    if (std::is_same<Table, int8_t>::value) {
+      __builtin_prefetch(a.token_scales + token_rows[i]);
+    }
   }
   for (int i = 0; i < s.num_weight_hashes; ++i) {
     __builtin_prefetch(a.weight_table + weight_rows[i] * a.weight_width);
