@@ -454,6 +454,44 @@ inline void AddTokenRow(const LookupArgs<T, Table>& a, int64_t r, Acc f,
   for (int64_t c = 0; c < a.dim; ++c) acc[c] += f * TokenEntry(row[c], scale);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MEMREC_INT8_ROWS_AVX2 1
+// The int8 row read above, 8 columns at a time with AVX2 (the library is
+// built for SSE2, whose int8 -> float conversion takes a dozen shuffles per
+// 16 columns; the caller checks the CPU). The same IEEE products and sums in
+// the same order per column, and no FMA (target "avx2" does not enable it),
+// so the same bits as the scalar loop.
+__attribute__((target("avx2"))) void AddInt8RowAvx2(const int8_t* row, float scale,
+                                                   float f, int64_t dim, float* acc) {
+  const __m256 scales = _mm256_set1_ps(scale);
+  const __m256 factors = _mm256_set1_ps(f);
+  int64_t c = 0;
+  for (; c + 8 <= dim; c += 8) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c));
+    const __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), scales);
+    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c),
+                                            _mm256_mul_ps(factors, value)));
+  }
+  for (; c < dim; ++c) acc[c] += f * TokenEntry(row[c], scale);
+}
+
+bool CpuHasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+template <typename T>
+inline void AddTokenRow(const LookupArgs<T, int8_t>& a, int64_t r, float f,
+                        float* acc) {
+  const int8_t* row = a.token_table + r * a.dim;
+  const float scale = a.token_scales[r];
+#if defined(MEMREC_INT8_ROWS_AVX2)
+  if (CpuHasAvx2()) return AddInt8RowAvx2(row, scale, f, a.dim, acc);
+#endif
+  for (int64_t c = 0; c < a.dim; ++c) acc[c] += f * TokenEntry(row[c], scale);
+}
+
 // Token and weight rows of id n, both prefetched (and an int8 row's scale).
 template <typename T, typename Table>
 inline void HashAndPrefetch(const LookupArgs<T, Table>& a, const SaltKeys& salts,

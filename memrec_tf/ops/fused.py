@@ -236,7 +236,7 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
 
     Raises:
       ValueError: token_scales missing for an int8 table, given for another,
-        or not float32; a quantized table with a weight table that is not
+        or not float32; an int8 table with a weight table that is not
         float32.
       tf.errors.InvalidArgumentError: an input of the wrong rank or shape
         (token_scales not [m] for an int8 table), or row_splits that are not
