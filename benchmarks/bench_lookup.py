@@ -7,6 +7,16 @@ rounds, medians), and the ratios the targets are stated in:
     python benchmarks/bench_lookup.py --full-rows 4000000 --rounds 5   # quick
 
 The full table is float32 [full_rows, d]: 40M x 64 is 10.24 GB of memory.
+
+The fused forward also reads the token table stored for serving
+(memrec_tf/ops/quantize.py): "fused forward int8" and "fused forward
+bfloat16" time the same lookup on the table stored in that format, beside
+"fused forward" on float32 (--table-dtypes picks them; the ratio lines give
+the speed-up over float32 rows). The full table is built only when a
+full-table variant is timed (the ids are drawn from [0, full_rows) either way):
+
+    python benchmarks/bench_lookup.py --m 1048576 \
+        --variants "fused forward,fused forward bfloat16,fused forward int8"
 """
 import argparse
 import json
@@ -21,11 +31,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cpu_name, interleaved_times  # noqa: E402
 
 from memrec_tf import ops
-from memrec_tf.ops import core
+from memrec_tf.ops import core, quantize
 from memrec_tf.ops.signature import Signature
 
 
-def build_cases(args):
+# Speed-up targets of the fused forward from stored rows over float32 rows:
+# int8 rows are a quarter of float32's bytes (plus a scale), and the forward
+# is bound by its random row reads. bfloat16 has no target, only its number.
+STORED_SPEEDUP_TARGET = {"int8": 1.3}
+
+
+def _needs_full_table(wanted):
+    return wanted is None or any(name.startswith("full-table") for name in wanted)
+
+
+def build_cases(args, wanted=None):
+    """The timed variants by name (only those in `wanted`, when given, are built)."""
     rng = np.random.default_rng(args.seed)
     n = args.batch * args.features
     ids = tf.constant(rng.integers(0, args.full_rows, size=n), tf.int64)
@@ -35,13 +56,14 @@ def build_cases(args):
     weight = tf.Variable(tf.ones([args.m, 1]), name="weight")
     no_splits = tf.zeros([0], tf.int64)
     no_weights = tf.zeros([0], tf.float32)
-    full = tf.Variable(tf.zeros([args.full_rows, args.dim]), name="full")
+    full_rows = args.full_rows if _needs_full_table(wanted) else 1
+    full = tf.Variable(tf.zeros([full_rows, args.dim]), name="full")
     # Filled with random values a slice at a time: a table of zeros may sit
     # on the kernel's shared zero page, and its "random" reads would all hit
     # one cached page.
     chunk = 1 << 20
-    for start in range(0, args.full_rows, chunk):
-        rows = min(chunk, args.full_rows - start)
+    for start in range(0, full_rows, chunk):
+        rows = min(chunk, full_rows - start)
         full.scatter_update(tf.IndexedSlices(
             tf.random.uniform([rows, args.dim], -0.05, 0.05),
             tf.range(start, start + rows, dtype=tf.int64)))
@@ -50,6 +72,13 @@ def build_cases(args):
         fn = ops.lookup if path == "fused" else core.lookup
         return lambda: fn(ids, no_splits, no_weights, token, weight, signature,
                           combiner="none")
+
+    def memrec_stored(table_dtype):
+        # The token table as served from `table_dtype` rows (weights stay float32).
+        values, scales = quantize.quantize_rows(token, table_dtype)
+        values = tf.Variable(values, trainable=False, name=f"token_{table_dtype}")
+        return lambda: ops.lookup(ids, no_splits, no_weights, values, weight, signature,
+                                  combiner="none", token_scales=scales)
 
     def forward(lookup):
         return tf.function(lookup)
@@ -69,8 +98,13 @@ def build_cases(args):
     # table's size (m x d), the cost of a single cached row per id.
     small_ids = tf.constant(rng.integers(0, args.m, size=n), tf.int64)
     small_lookup = lambda: tf.nn.embedding_lookup(token, small_ids)  # noqa: E731
+    stored = {f"fused forward {name}": (lambda name=name: forward(memrec_stored(name)))
+              for name in args.table_dtypes if name != "float32"}
+    stored = {name: make() for name, make in stored.items()
+              if wanted is None or name in wanted}
     return {
         "fused forward": forward(memrec("fused")),
+        **stored,
         "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
         "core forward": forward(memrec("core")),
         "core forward+backward": forward_backward(memrec("core"), [token, weight]),
@@ -96,15 +130,21 @@ def main(argv=None):
     parser.add_argument("--variants", default=None,
                         help="comma list of variants to time (default: all); ratios need "
                              "both of their variants")
+    parser.add_argument("--table-dtypes", default="float32,bfloat16,int8",
+                        help="comma list of token-table formats of the fused forward "
+                             f"({', '.join(quantize.TABLE_DTYPES)}); float32 is 'fused forward'")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
+    args.table_dtypes = [quantize.check_table_dtype(name.strip())
+                         for name in args.table_dtypes.split(",") if name.strip()]
 
     available, reason = ops.is_available()
     if not available:
         sys.exit(f"bench_lookup: the fused op is unavailable: {reason}")
-    cases = build_cases(args)
-    if args.variants:
-        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()] \
+        if args.variants else None
+    cases = build_cases(args, wanted)
+    if wanted:
         unknown = [v for v in wanted if v not in cases]
         if unknown:
             parser.error(f"unknown variant(s) {unknown}; have {list(cases)}")
@@ -112,8 +152,10 @@ def main(argv=None):
     samples = interleaved_times(cases, args.rounds, args.repeats, warmup=3)
     median = {name: statistics.median(v) for name, v in samples.items()}
 
+    full = f"full table {args.full_rows:,} x {args.dim} float32" \
+        if _needs_full_table(wanted) else f"ids in [0, {args.full_rows:,}), no full table"
     print(f"# bench_lookup: {args.batch} x {args.features} ids, d={args.dim}, k={args.k}, "
-          f"m={args.m}, full table {args.full_rows:,} x {args.dim} float32")
+          f"m={args.m}, {full}")
     print(f"# {cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; "
           f"median of {args.rounds} rounds x {args.repeats}")
     print(f"| {'variant':<32} | {'median ms':>10} | {'min ms':>8} | {'max ms':>8} |")
@@ -122,6 +164,10 @@ def main(argv=None):
         v = samples[name]
         print(f"| {name:<32} | {median[name]:>10.2f} | {min(v):>8.2f} | {max(v):>8.2f} |")
     pairs = {
+        **{f"fused fwd float32 / {name} rows " + (
+            f"(target >= {STORED_SPEEDUP_TARGET[name]})" if name in STORED_SPEEDUP_TARGET
+            else "(no target)"): ("fused forward", f"fused forward {name}")
+           for name in args.table_dtypes if name != "float32"},
         "full fwd / fused fwd (target >= 3.4)": ("full-table forward", "fused forward"),
         "full fwd+bwd / fused fwd+bwd (target >= 2)":
             ("full-table forward+backward", "fused forward+backward"),

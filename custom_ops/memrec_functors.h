@@ -23,7 +23,12 @@ struct AccumulatorOf<double> {
 // Inputs of one lookup, already validated. Pointers are in the functor's
 // device memory, except row_splits, which is always in host memory (the GPU
 // kernels declare it HostMemory and copy it over themselves).
-template <typename T>
+//
+// T is the type of the weights, the weight table and the output; Table that
+// of the token table: T itself (MemRecLookup), or a serving format of
+// MemRecLookupQuantized with T = float (int8 with a float scale per row, or
+// bfloat16), whose rows are read as float(q) * scale[r] or float(q).
+template <typename T, typename Table = T>
 struct LookupArgs {
   Signature signature;
   int combiner;                // Combiner
@@ -35,15 +40,16 @@ struct LookupArgs {
   const int64_t* ids;          // [N]
   const int64_t* row_splits;   // [num_rows + 1], unused with combiner none
   const T* weights;            // [N], or nullptr for all ones
-  const T* token_table;        // [m, d]
+  const Table* token_table;    // [m, d]
+  const float* token_scales = nullptr;  // [m] for an int8 table, else null
   const T* weight_table;       // [m_w, weight_width]
 };
 
-template <typename Device, typename T>
+template <typename Device, typename T, typename Table = T>
 struct LookupFunctor {
   // Writes output [num_rows, dim].
   ::tensorflow::Status operator()(::tensorflow::OpKernelContext* ctx,
-                                  const LookupArgs<T>& args, T* output);
+                                  const LookupArgs<T, Table>& args, T* output);
 };
 
 template <typename Device, typename T>

@@ -122,6 +122,19 @@ Status ParseCombiner(const std::string& name, int* combiner) {
   return ::tensorflow::OkStatus();
 }
 
+// Positions of a lookup op's inputs; token_scales < 0: the op has none.
+struct InputPositions {
+  int ids, row_splits, weights, token_table, token_scales, weight_table;
+
+  // ids, row_splits, weights, token_table, weight_table from `first` on.
+  static InputPositions Consecutive(int first) {
+    return {first, first + 1, first + 2, first + 3, -1, first + 4};
+  }
+};
+
+// MemRecLookupQuantized: the token table's scales follow the table.
+constexpr InputPositions kQuantizedInputs{0, 1, 2, 3, 4, 5};
+
 // Attributes and input checks shared by the forward and gradient kernels.
 // `first` is the index of the `ids` input (0 forward, 1 gradient).
 template <typename T>
@@ -141,11 +154,18 @@ class LookupInputs {
   // here, on the host: it is in host memory for the CPU kernels, and the GPU
   // kernels declare it HostMemory.
   Status Validate(OpKernelContext* ctx, int first, LookupArgs<T>* args) const {
-    const Tensor& ids = ctx->input(first);
-    const Tensor& splits = ctx->input(first + 1);
-    const Tensor& weights = ctx->input(first + 2);
-    const Tensor& table = ctx->input(first + 3);
-    const Tensor& weight_table = ctx->input(first + 4);
+    return Validate(ctx, InputPositions::Consecutive(first), args);
+  }
+
+  // The same for a token table stored as Table (with scales when int8).
+  template <typename Table>
+  Status Validate(OpKernelContext* ctx, const InputPositions& at,
+                  LookupArgs<T, Table>* args) const {
+    const Tensor& ids = ctx->input(at.ids);
+    const Tensor& splits = ctx->input(at.row_splits);
+    const Tensor& weights = ctx->input(at.weights);
+    const Tensor& table = ctx->input(at.token_table);
+    const Tensor& weight_table = ctx->input(at.weight_table);
     if (ids.dims() != 1) {
       return errors::InvalidArgument("ids must be a vector (rank 1), got shape ",
                                      ids.shape().DebugString());
@@ -206,6 +226,10 @@ class LookupInputs {
           attrs_.num_hashes, "), got shape ",
           weight_table.shape().DebugString());
     }
+    if (at.token_scales >= 0) {
+      TF_RETURN_IF_ERROR(ValidateScales<Table>(ctx->input(at.token_scales),
+                                               table.dim_size(0), args));
+    }
     TF_RETURN_IF_ERROR(attrs_.Make(table.dim_size(0), weight_table.dim_size(0),
                                    &args->signature));
     args->combiner = combiner_;
@@ -217,20 +241,42 @@ class LookupInputs {
     args->ids = ids.flat<int64_t>().data();
     args->row_splits = splits.flat<int64_t>().data();
     args->weights = weights.NumElements() == 0 ? nullptr : weights.flat<T>().data();
-    args->token_table = table.flat<T>().data();
+    args->token_table = table.flat<Table>().data();
     args->weight_table = weight_table.flat<T>().data();
     return ::tensorflow::OkStatus();
   }
 
  private:
+  // An int8 table has one scale per row; a bfloat16 table has none.
+  template <typename Table>
+  static Status ValidateScales(const Tensor& scales, int64_t rows,
+                               LookupArgs<T, Table>* args) {
+    constexpr bool kInt8 = std::is_same<Table, int8_t>::value;
+    if (kInt8 && (scales.dims() != 1 || scales.dim_size(0) != rows)) {
+      return errors::InvalidArgument(
+          "token_scales must hold one float32 scale per row of the int8 "
+          "token_table: shape [", rows, "], got shape ",
+          scales.shape().DebugString());
+    }
+    if (!kInt8 && (scales.dims() != 1 || scales.dim_size(0) != 0)) {
+      return errors::InvalidArgument(
+          "token_scales must be empty (shape [0]) for a ",
+          ::tensorflow::DataTypeString(::tensorflow::DataTypeToEnum<Table>::v()),
+          " token_table, whose rows have no scales; got shape ",
+          scales.shape().DebugString());
+    }
+    args->token_scales = kInt8 ? scales.flat<float>().data() : nullptr;
+    return ::tensorflow::OkStatus();
+  }
+
   SignatureAttrs attrs_;
   int combiner_ = kSum;
   bool per_hash_ = false;
 };
 
 // Bounds of output row r in the ids.
-template <typename T>
-inline void RowBounds(const LookupArgs<T>& a, int64_t r, int64_t* lo,
+template <typename T, typename Table>
+inline void RowBounds(const LookupArgs<T, Table>& a, int64_t r, int64_t* lo,
                       int64_t* hi) {
   if (a.combiner == kNone) {
     *lo = r;
@@ -241,8 +287,8 @@ inline void RowBounds(const LookupArgs<T>& a, int64_t r, int64_t* lo,
   }
 }
 
-template <typename T, typename Acc>
-inline Acc BagScaleOf(const LookupArgs<T>& a, int64_t lo, int64_t hi) {
+template <typename T, typename Acc, typename Table>
+inline Acc BagScaleOf(const LookupArgs<T, Table>& a, int64_t lo, int64_t hi) {
   if (a.combiner != kMean && a.combiner != kSqrtn) return Acc(1);
   Acc sum = Acc(0), square_sum = Acc(0);
   for (int64_t n = lo; n < hi; ++n) {
@@ -397,9 +443,58 @@ inline void AddScaledRow(Acc* acc, const T* row, Acc f, int64_t dim) {
   for (int64_t c = 0; c < dim; ++c) acc[c] += f * static_cast<Acc>(row[c]);
 }
 
-// Token and weight rows of id n, both prefetched.
+// acc += f * token row r, each entry read as memrec_math.h's TokenEntry does
+// (float(q) * scale[r] for an int8 table): the forward's one row read, for
+// every table format.
+template <typename T, typename Table, typename Acc>
+inline void AddTokenRow(const LookupArgs<T, Table>& a, int64_t r, Acc f,
+                        Acc* acc) {
+  const Table* row = a.token_table + r * a.dim;
+  const Acc scale = TokenRowScale<Acc>(a.token_table, a.token_scales, r);
+  for (int64_t c = 0; c < a.dim; ++c) acc[c] += f * TokenEntry(row[c], scale);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MEMREC_INT8_ROWS_AVX2 1
+// The int8 row read above, 8 columns at a time with AVX2 (the library is
+// built for SSE2, whose int8 -> float conversion takes a dozen shuffles per
+// 16 columns; the caller checks the CPU). The same IEEE products and sums in
+// the same order per column, and no FMA (target "avx2" does not enable it),
+// so the same bits as the scalar loop.
+__attribute__((target("avx2"))) void AddInt8RowAvx2(const int8_t* row, float scale,
+                                                   float f, int64_t dim, float* acc) {
+  const __m256 scales = _mm256_set1_ps(scale);
+  const __m256 factors = _mm256_set1_ps(f);
+  int64_t c = 0;
+  for (; c + 8 <= dim; c += 8) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c));
+    const __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), scales);
+    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c),
+                                            _mm256_mul_ps(factors, value)));
+  }
+  for (; c < dim; ++c) acc[c] += f * TokenEntry(row[c], scale);
+}
+
+bool CpuHasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
 template <typename T>
-inline void HashAndPrefetch(const LookupArgs<T>& a, const SaltKeys& salts,
+inline void AddTokenRow(const LookupArgs<T, int8_t>& a, int64_t r, float f,
+                        float* acc) {
+  const int8_t* row = a.token_table + r * a.dim;
+  const float scale = a.token_scales[r];
+#if defined(MEMREC_INT8_ROWS_AVX2)
+  if (CpuHasAvx2()) return AddInt8RowAvx2(row, scale, f, a.dim, acc);
+#endif
+  for (int64_t c = 0; c < a.dim; ++c) acc[c] += f * TokenEntry(row[c], scale);
+}
+
+// Token and weight rows of id n, both prefetched (and an int8 row's scale).
+template <typename T, typename Table>
+inline void HashAndPrefetch(const LookupArgs<T, Table>& a, const SaltKeys& salts,
                             int64_t n, int64_t* token_rows,
                             int64_t* weight_rows) {
   const Signature& s = a.signature;
@@ -409,6 +504,9 @@ inline void HashAndPrefetch(const LookupArgs<T>& a, const SaltKeys& salts,
   WeightRows(s, id, key, weight_rows);
   for (int i = 0; i < s.num_hashes; ++i) {
     PrefetchRow(a.token_table + token_rows[i] * a.dim, a.dim);
+    if (std::is_same<Table, int8_t>::value) {
+      __builtin_prefetch(a.token_scales + token_rows[i]);
+    }
   }
   for (int i = 0; i < s.num_weight_hashes; ++i) {
     __builtin_prefetch(a.weight_table + weight_rows[i] * a.weight_width);
@@ -459,9 +557,10 @@ inline void StoreRow<float, float>(float* out, float* acc, float scale,
 
 }  // namespace
 
-template <typename T>
-struct LookupFunctor<CPUDevice, T> {
-  Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a, T* output) {
+template <typename T, typename Table>
+struct LookupFunctor<CPUDevice, T, Table> {
+  Status operator()(OpKernelContext* ctx, const LookupArgs<T, Table>& a,
+                    T* output) {
     using Acc = typename AccumulatorOf<T>::type;
     const Signature& s = a.signature;
     const int k = s.num_hashes;
@@ -494,8 +593,7 @@ struct LookupFunctor<CPUDevice, T> {
         Alpha(s, a.weight_table, a.weight_width, weight_rows[n & (kRing - 1)], alpha);
         const Acc w = a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1);
         for (int i = 0; i < k; ++i) {
-          AddScaledRow(acc.data(), a.token_table + rows[i] * d,
-                       w * alpha[a.per_hash ? i : 0], d);
+          AddTokenRow(a, rows[i], w * alpha[a.per_hash ? i : 0], acc.data());
         }
       });
       while (r < end) flush();  // the last bag, and trailing empty bags
@@ -767,6 +865,30 @@ class LookupOp : public OpKernel {
   LookupInputs<T> inputs_;
 };
 
+// MemRecLookupQuantized: float weights, weight table and output; the token
+// table stored as Table (int8 with a float scale per row, or bfloat16).
+template <typename Device, typename Table>
+class QuantizedLookupOp : public OpKernel {
+ public:
+  explicit QuantizedLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, inputs_.Read(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    LookupArgs<float, Table> args;
+    OP_REQUIRES_OK(ctx, inputs_.Validate(ctx, kQuantizedInputs, &args));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({args.num_rows, args.dim}), &output));
+    if (output->NumElements() == 0) return;
+    OP_REQUIRES_OK(ctx, (LookupFunctor<Device, float, Table>()(
+                            ctx, args, output->flat<float>().data())));
+  }
+
+ private:
+  LookupInputs<float> inputs_;
+};
+
 template <typename Device, typename T>
 class LookupGradOp : public OpKernel {
  public:
@@ -843,6 +965,15 @@ MEMREC_REGISTER_CPU(Eigen::half);
 MEMREC_REGISTER_CPU(Eigen::bfloat16);
 #undef MEMREC_REGISTER_CPU
 
+#define MEMREC_REGISTER_QUANTIZED_CPU(Q)                                \
+  REGISTER_KERNEL_BUILDER(Name("MemRecLookupQuantized")                 \
+                              .Device(DEVICE_CPU)                       \
+                              .TypeConstraint<Q>("Q"),                  \
+                          QuantizedLookupOp<CPUDevice, Q>);
+MEMREC_REGISTER_QUANTIZED_CPU(int8_t);
+MEMREC_REGISTER_QUANTIZED_CPU(Eigen::bfloat16);
+#undef MEMREC_REGISTER_QUANTIZED_CPU
+
 REGISTER_KERNEL_BUILDER(Name("MemRecHashRows").Device(DEVICE_CPU),
                         HashRowsOp<CPUDevice>);
 
@@ -856,6 +987,8 @@ MEMREC_DECLARE_GPU(double);
 MEMREC_DECLARE_GPU(Eigen::half);
 MEMREC_DECLARE_GPU(Eigen::bfloat16);
 #undef MEMREC_DECLARE_GPU
+extern template struct LookupFunctor<GPUDevice, float, int8_t>;
+extern template struct LookupFunctor<GPUDevice, float, Eigen::bfloat16>;
 extern template struct HashRowsFunctor<GPUDevice>;
 
 // row_splits stays in host memory: it is validated on the host before any
@@ -876,6 +1009,15 @@ MEMREC_REGISTER_GPU(double);
 MEMREC_REGISTER_GPU(Eigen::half);
 MEMREC_REGISTER_GPU(Eigen::bfloat16);
 #undef MEMREC_REGISTER_GPU
+#define MEMREC_REGISTER_QUANTIZED_GPU(Q)                                \
+  REGISTER_KERNEL_BUILDER(Name("MemRecLookupQuantized")                 \
+                              .Device(::tensorflow::DEVICE_GPU)         \
+                              .HostMemory("row_splits")                 \
+                              .TypeConstraint<Q>("Q"),                  \
+                          QuantizedLookupOp<GPUDevice, Q>);
+MEMREC_REGISTER_QUANTIZED_GPU(int8_t);
+MEMREC_REGISTER_QUANTIZED_GPU(Eigen::bfloat16);
+#undef MEMREC_REGISTER_QUANTIZED_GPU
 REGISTER_KERNEL_BUILDER(Name("MemRecHashRows").Device(::tensorflow::DEVICE_GPU),
                         HashRowsOp<GPUDevice>);
 #endif  // GOOGLE_CUDA

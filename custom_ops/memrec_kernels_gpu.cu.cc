@@ -248,9 +248,10 @@ Status ReduceSegments(OpKernelContext* ctx, cudaStream_t stream,
 
 // ------------------------------------------------------------------ forward
 
-template <typename T>
-struct LookupFunctor<GPUDevice, T> {
-  Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a, T* output) {
+template <typename T, typename Table>
+struct LookupFunctor<GPUDevice, T, Table> {
+  Status operator()(OpKernelContext* ctx, const LookupArgs<T, Table>& a,
+                    T* output) {
     using Acc = typename AccumulatorOf<T>::type;
     if (a.num_rows == 0 || a.dim == 0) return ::tensorflow::OkStatus();
     const cudaStream_t stream = ctx->eigen_gpu_device().stream();
@@ -265,10 +266,10 @@ struct LookupFunctor<GPUDevice, T> {
     const int per_hash = a.per_hash ? 1 : 0;
     if (a.combiner == kNone) {
       const int64_t groups = (a.num_ids + gpu::kWarpSize - 1) / gpu::kWarpSize;
-      return Launch("LookupIdsKernel", gpu::LookupIdsKernel<T, Acc>,
+      return Launch("LookupIdsKernel", gpu::LookupIdsKernel<T, Acc, Table>,
                     gpu::BlocksFor(groups, warps), threads, shared, stream,
                     signature, per_hash, a.num_ids, a.dim, a.ids, a.weights,
-                    a.token_table, a.weight_table, output);
+                    a.token_table, a.token_scales, a.weight_table, output);
     }
     int64_t* splits = nullptr;
     TF_RETURN_IF_ERROR(
@@ -276,10 +277,11 @@ struct LookupFunctor<GPUDevice, T> {
     TF_RETURN_IF_ERROR(CopyToDevice(splits, a.row_splits,
                                     (a.num_rows + 1) * sizeof(int64_t), stream,
                                     "copying row_splits to the device"));
-    return Launch("LookupBagsKernel", gpu::LookupBagsKernel<T, Acc>,
+    return Launch("LookupBagsKernel", gpu::LookupBagsKernel<T, Acc, Table>,
                   gpu::BlocksFor(a.num_rows, warps), threads, shared, stream,
                   signature, a.combiner, per_hash, a.num_rows, a.dim, splits,
-                  a.ids, a.weights, a.token_table, a.weight_table, output);
+                  a.ids, a.weights, a.token_table, a.token_scales,
+                  a.weight_table, output);
   }
 };
 
@@ -456,6 +458,9 @@ MEMREC_INSTANTIATE_GPU(double);
 MEMREC_INSTANTIATE_GPU(Eigen::half);
 MEMREC_INSTANTIATE_GPU(Eigen::bfloat16);
 #undef MEMREC_INSTANTIATE_GPU
+// MemRecLookupQuantized: float sums of int8 (scaled) or bfloat16 token rows.
+template struct LookupFunctor<GPUDevice, float, int8_t>;
+template struct LookupFunctor<GPUDevice, float, Eigen::bfloat16>;
 
 }  // namespace memrec
 

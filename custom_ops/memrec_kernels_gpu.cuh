@@ -6,7 +6,10 @@
 // Every kernel is templated on the table type T and the accumulation type Acc
 // (float for float, half and bfloat16; double for double). T only needs
 // static_cast to and from Acc on the device: Eigen::half / Eigen::bfloat16 in
-// the op library, __half / __nv_bfloat16 under NVRTC.
+// the op library, __half / __nv_bfloat16 under NVRTC. The forward kernels
+// also take the token table's own type Table (T by default): a serving format
+// of MemRecLookupQuantized, int8 (signed char) with token_scales [m] or
+// bfloat16, read with T = Acc = float through memrec_math.h's TokenEntry.
 //
 // Conventions shared by all kernels:
 //  - The signature is read through a pointer to device memory and copied
@@ -218,14 +221,17 @@ __device__ __forceinline__ void StageIds(
 // lanes) into the warp's staging area. Phase 2: the warp writes the 32
 // output rows one after the other; within a row, lane l computes columns
 // l, l + 32, ... (coalesced reads of the k token rows and of the output row).
-// Per element: acc = sum_i (w alpha_i) M[h_i][c], in slot order, as the CPU.
+// Per element: acc = sum_i (w alpha_i) M[h_i][c], in slot order, as the CPU,
+// with M[h][c] read by TokenEntry (float(q) * token_scales[h] for int8).
+// token_scales: [m] for an int8 Table, else null (never read).
 // Block: LookupWarpsPerBlock warps, dynamic shared memory warps * StageBytes.
-template <typename T, typename Acc>
+template <typename T, typename Acc, typename Table = T>
 __global__ void LookupIdsKernel(const Signature* __restrict__ signature,
                                 int per_hash, int64_t num_ids, int64_t dim,
                                 const int64_t* __restrict__ ids,
                                 const T* __restrict__ weights,
-                                const T* __restrict__ token_table,
+                                const Table* __restrict__ token_table,
+                                const float* __restrict__ token_scales,
                                 const T* __restrict__ weight_table,
                                 T* __restrict__ output) {
   __shared__ Signature s;
@@ -249,7 +255,8 @@ __global__ void LookupIdsKernel(const Signature* __restrict__ signature,
       for (int64_t c = lane; c < dim; c += kWarpSize) {
         Acc acc = Acc(0);
         for (int i = 0; i < k; ++i) {
-          acc += factor[i] * static_cast<Acc>(token_table[rows[i] * dim + c]);
+          const Acc scale = TokenRowScale<Acc>(token_table, token_scales, rows[i]);
+          acc += factor[i] * TokenEntry(token_table[rows[i] * dim + c], scale);
         }
         out[c] = static_cast<T>(acc);
       }
@@ -266,15 +273,17 @@ __global__ void LookupIdsKernel(const Signature* __restrict__ signature,
 // current 128-column pass in registers (d > 128 takes several passes, each
 // re-hashing the bag). The bag's weight sums are taken in the same order by
 // every lane, and the pooled row is scale * acc, written once.
-// row_splits: [num_bags + 1] in device memory.
-template <typename T, typename Acc>
+// row_splits: [num_bags + 1] in device memory. Token rows are read as in
+// LookupIdsKernel (token_scales: [m] for an int8 Table, else null).
+template <typename T, typename Acc, typename Table = T>
 __global__ void LookupBagsKernel(const Signature* __restrict__ signature,
                                  int combiner, int per_hash, int64_t num_bags,
                                  int64_t dim,
                                  const int64_t* __restrict__ row_splits,
                                  const int64_t* __restrict__ ids,
                                  const T* __restrict__ weights,
-                                 const T* __restrict__ token_table,
+                                 const Table* __restrict__ token_table,
+                                 const float* __restrict__ token_scales,
                                  const T* __restrict__ weight_table,
                                  T* __restrict__ output) {
   __shared__ Signature s;
@@ -302,11 +311,13 @@ __global__ void LookupBagsKernel(const Signature* __restrict__ signature,
           weight_square_sum += w * w;
           for (int i = 0; i < k; ++i) {
             const Acc f = stage.factor[j * k + i];
-            const T* row = token_table + stage.rows[j * k + i] * dim;
+            const int64_t r = stage.rows[j * k + i];
+            const Table* row = token_table + r * dim;
+            const Acc scale = TokenRowScale<Acc>(token_table, token_scales, r);
 #pragma unroll
             for (int q = 0; q < kColumnsPerLane; ++q) {
               const int64_t c = c0 + lane + kWarpSize * q;
-              if (c < dim) acc[q] += f * static_cast<Acc>(row[c]);
+              if (c < dim) acc[q] += f * TokenEntry(row[c], scale);
             }
           }
         }

@@ -23,6 +23,7 @@
 // NVRTC has no standard library headers.
 typedef unsigned long long uint64_t;
 typedef long long int64_t;
+typedef signed char int8_t;
 #else
 #include <cmath>
 #include <cstdint>
@@ -255,6 +256,32 @@ MEMREC_HD void Alpha(const Signature& s, const T* weight_table, int width,
     }
     alpha[c] = a;
   }
+}
+
+// Token-table entries as every kernel reads them, on the host and the device.
+// A table stored for serving as int8 has one float scale per row, and its
+// entry q reads as float(q) * scale: one rounded product, the very value that
+// memrec_tf/ops/quantize.py's dequantize_rows gives, so that a lookup on the
+// int8 table equals a float32 lookup on the dequantized table. Every other
+// table type (float, double, half, bfloat16) reads as static_cast<Acc>(q),
+// exact for the half types, and has no scales.
+template <typename Acc, typename Table>
+MEMREC_HD Acc TokenRowScale(const Table* /*table*/, const float* /*scales*/,
+                            int64_t /*row*/) {
+  return Acc(1);
+}
+template <typename Acc>
+MEMREC_HD Acc TokenRowScale(const int8_t* /*table*/, const float* scales,
+                            int64_t row) {
+  return scales[row];
+}
+
+template <typename Table, typename Acc>
+MEMREC_HD Acc TokenEntry(Table q, Acc /*row_scale*/) {
+  return static_cast<Acc>(q);
+}
+MEMREC_HD float TokenEntry(int8_t q, float row_scale) {
+  return static_cast<float>(q) * row_scale;
 }
 
 MEMREC_HD float Sqrt(float x) { return sqrtf(x); }

@@ -32,11 +32,14 @@ using ::tensorflow::shape_inference::ShapeHandle;
       .Attr("vocab_size: int >= 0 = 0")                          \
       .Attr("num_head: int >= 0 = 0")
 
+// How the lookups pool and weigh the rows.
+#define MEMREC_POOLING_ATTRS                                        \
+  Attr("combiner: {'none', 'sum', 'mean', 'sqrtn'} = 'sum'")        \
+      .Attr("weight_mode: {'scalar', 'per_hash'} = 'scalar'")
+
 #define MEMREC_LOOKUP_ATTRS                                         \
   Attr("T: {float, double, half, bfloat16}")                        \
-      .MEMREC_SIGNATURE_ATTRS.Attr(                                 \
-          "combiner: {'none', 'sum', 'mean', 'sqrtn'} = 'sum'")     \
-      .Attr("weight_mode: {'scalar', 'per_hash'} = 'scalar'")
+      .MEMREC_SIGNATURE_ATTRS.MEMREC_POOLING_ATTRS
 
 constexpr char kSignatureDoc[] = R"doc(
 num_hashes: k, the number of token-table rows per value (1..16).
@@ -51,13 +54,15 @@ vocab_size: when > 0, ids in [0, vocab_size) are dense indices and take
 num_head: with a vocabulary, ids below num_head each own one token row.
 )doc";
 
-Status LookupShape(InferenceContext* c) {
+// The forward's output [B, d] ([N, d] with combiner 'none'); ids,
+// row_splits and weights are inputs 0..2.
+Status PooledShape(InferenceContext* c, int table_input, int weight_table_input) {
   ShapeHandle ids, splits, weights, table, weight_table;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &ids));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &splits));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &weights));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &table));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &weight_table));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(table_input), 2, &table));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(weight_table_input), 2, &weight_table));
   std::string combiner;
   TF_RETURN_IF_ERROR(c->GetAttr("combiner", &combiner));
   DimensionHandle rows = c->Dim(ids, 0);
@@ -66,6 +71,15 @@ Status LookupShape(InferenceContext* c) {
   }
   c->set_output(0, c->Matrix(rows, c->Dim(table, 1)));
   return ::tensorflow::OkStatus();
+}
+
+Status LookupShape(InferenceContext* c) { return PooledShape(c, 3, 4); }
+
+// MemRecLookupQuantized: token_scales (input 4) is a vector.
+Status QuantizedLookupShape(InferenceContext* c) {
+  ShapeHandle scales;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &scales));
+  return PooledShape(c, 3, 5);
 }
 
 Status LookupGradShape(InferenceContext* c) {
@@ -119,6 +133,32 @@ weights: [N] per-id weights, or [0] for all ones.
 token_table: [m, d] the token table M.
 weight_table: [m_w, 1] in scalar mode, [m_w, k] in per_hash mode.
 output: [B, d], or [N, d] when combiner is 'none'.
+)doc") + kSignatureDoc);
+
+REGISTER_OP("MemRecLookupQuantized")
+    .Input("ids: int64")
+    .Input("row_splits: int64")
+    .Input("weights: float")
+    .Input("token_table: Q")
+    .Input("token_scales: float")
+    .Input("weight_table: float")
+    .Output("output: float")
+    .Attr("Q: {int8, bfloat16}")
+    .MEMREC_SIGNATURE_ATTRS.MEMREC_POOLING_ATTRS
+    .SetShapeFn(QuantizedLookupShape)
+    .Doc(std::string(R"doc(
+MemRecLookup on a token table stored for serving in fewer bits (forward only).
+
+The token table is int8 with one float32 scale per row, or bfloat16; its
+entry q of row r reads as float(q) * token_scales[r] (int8) or float(q)
+(bfloat16), and every sum is taken in float32 as MemRecLookup<float> takes
+it, so the output equals MemRecLookup on the float32 table those reads give
+(memrec_tf.ops.quantize.round_trip). The weights and the weight table stay
+float32. See MemRecLookup for the formula and the other inputs.
+
+token_table: [m, d], int8 or bfloat16.
+token_scales: [m] float32 for an int8 table; [0] for a bfloat16 table.
+output: [B, d] float32, or [N, d] when combiner is 'none'.
 )doc") + kSignatureDoc);
 
 REGISTER_OP("MemRecLookupGrad")

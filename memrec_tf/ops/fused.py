@@ -205,29 +205,86 @@ def is_available():
 
 
 def lookup(ids, row_splits, weights, token_table, weight_table, signature,
-           combiner="sum", weight_mode="scalar", name=None):
-    """Runs the fused MemRecLookup op.
+           combiner="sum", weight_mode="scalar", token_scales=None, name=None):
+    """Runs the fused MemRecLookup op, or MemRecLookupQuantized for a token
+    table stored for serving.
+
+    A token table of the weight table's dtype runs MemRecLookup (float32,
+    float64, float16 or bfloat16 throughout). A token table stored in fewer
+    bits than a float32 weight table (see `memrec_tf.ops.quantize`) runs
+    MemRecLookupQuantized: int8 with `token_scales`, the float32 scale of each
+    row, or bfloat16 without scales. Its rows read as float(q) * scale[r]
+    (int8) or float(q) (bfloat16) and sum in float32, so its float32 output
+    equals this lookup on `quantize.round_trip` of the table. It is forward
+    only: differentiating it raises LookupError (train in float32).
 
     Args:
       ids: int64 [N].
       row_splits: int64 [B + 1] bag offsets; empty when combiner is "none".
-      weights: [N] per-id weights in the tables' dtype, or [0] for none.
+      weights: [N] per-id weights in the weight table's dtype, or [0] for none.
       token_table: [m, d].
       weight_table: [m_w, 1] ("scalar") or [m_w, k] ("per_hash").
       signature: a `memrec_tf.ops.signature.Signature`.
       combiner: "none", "sum", "mean" or "sqrtn".
       weight_mode: "scalar" or "per_hash".
+      token_scales: float32 [m], the row scales of an int8 `token_table`
+        (`quantize.quantize_rows` returns them); None for any other table.
 
     Returns:
-      [B, d], or [N, d] when combiner is "none".
+      [B, d], or [N, d] when combiner is "none"; float32 for a quantized
+      token table, else in the tables' dtype.
 
     Raises:
-      tf.errors.InvalidArgumentError: an input of the wrong rank or shape, or
-        row_splits that are not valid offsets into the ids.
+      ValueError: token_scales missing for an int8 table, given for another,
+        or not float32; an int8 table with a weight table that is not
+        float32.
+      tf.errors.InvalidArgumentError: an input of the wrong rank or shape
+        (token_scales not [m] for an int8 table), or row_splits that are not
+        valid offsets into the ids.
     """
-    return load_library().mem_rec_lookup(
-        ids, row_splits, weights, token_table, weight_table, combiner=combiner,
-        weight_mode=weight_mode, name=name, **signature.op_attrs())
+    table_dtype, weight_dtype = _dtype_of(token_table), _dtype_of(weight_table)
+    quantized = table_dtype == tf.int8 or (
+        table_dtype == tf.bfloat16 and weight_dtype == tf.float32)
+    if not quantized:
+        if token_scales is not None:
+            raise ValueError(
+                f"token_scales is for an int8 token_table; this token_table is "
+                f"{table_dtype.name}, whose rows have no scales: pass token_scales=None")
+        return load_library().mem_rec_lookup(
+            ids, row_splits, weights, token_table, weight_table, combiner=combiner,
+            weight_mode=weight_mode, name=name, **signature.op_attrs())
+    token_scales = _checked_scales(table_dtype, weight_dtype, token_scales)
+    return load_library().mem_rec_lookup_quantized(
+        ids, row_splits, weights, token_table, token_scales, weight_table,
+        combiner=combiner, weight_mode=weight_mode, name=name, **signature.op_attrs())
+
+
+def _dtype_of(value):
+    """The dtype of a tensor, variable, array or nested list (as TF converts it)."""
+    dtype = getattr(value, "dtype", None)
+    return tf.as_dtype(dtype) if dtype is not None else tf.convert_to_tensor(value).dtype
+
+
+def _checked_scales(table_dtype, weight_dtype, token_scales):
+    """The token_scales input of MemRecLookupQuantized, or ValueError."""
+    if weight_dtype != tf.float32:
+        raise ValueError(
+            f"a {table_dtype.name} token_table is read in float32 and needs a float32 "
+            f"weight_table, got {weight_dtype.name}")
+    if table_dtype == tf.bfloat16:
+        if token_scales is not None:
+            raise ValueError("a bfloat16 token_table has no row scales: pass "
+                             "token_scales=None (scales are for int8 tables)")
+        return tf.zeros([0], tf.float32)
+    if token_scales is None:
+        raise ValueError(
+            "an int8 token_table needs token_scales, the float32 scale of each row "
+            "(memrec_tf.ops.quantize.quantize_rows returns the rows and their scales)")
+    scales_dtype = _dtype_of(token_scales)
+    if scales_dtype != tf.float32:
+        raise ValueError(f"token_scales must be float32 (one scale per int8 row), "
+                         f"got {scales_dtype.name}")
+    return token_scales
 
 
 def hash_rows(ids, signature, num_token_rows, num_weight_rows, name=None):
@@ -251,9 +308,24 @@ def _lookup_grad(op, grad):
     return [None, None, None, token_grad, weight_grad]
 
 
-try:
-    tf.RegisterGradient("MemRecLookup")(_lookup_grad)
-except KeyError:  # already registered (the module was reloaded)
-    pass
+QUANTIZED_GRADIENT_MESSAGE = (
+    "MemRecLookupQuantized has no gradient: int8 and bfloat16 token tables are "
+    "for serving (forward only). Train with float32 tables, then store the "
+    "trained token table with memrec_tf.ops.quantize.quantize_rows")
+
+
+def _quantized_lookup_grad(op, grad):
+    # Raised, not None: a None gradient would silently leave the float32
+    # weight table (and any other input) untrained.
+    del op, grad
+    raise LookupError(QUANTIZED_GRADIENT_MESSAGE)
+
+
+for _op_type, _gradient in (("MemRecLookup", _lookup_grad),
+                            ("MemRecLookupQuantized", _quantized_lookup_grad)):
+    try:
+        tf.RegisterGradient(_op_type)(_gradient)
+    except KeyError:  # already registered (the module was reloaded)
+        pass
 tf.no_gradient("MemRecHashRows")
 tf.no_gradient("MemRecLookupGrad")

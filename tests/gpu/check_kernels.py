@@ -18,7 +18,11 @@ run), checks hash rows, forward (combiners none/sum/mean/sqrtn, weight modes
 scalar/per_hash, with and without per-id weights, random and vocabulary
 signatures, empty bags) and both gradients (Zipf ids, rows hit thousands of
 times) in float32, float64 and, when cuda_fp16.h is found, float16 and
-bfloat16; outputs are filled with NaN before every launch. It then times the
+bfloat16; outputs are filled with NaN before every launch. The forward from
+token tables stored for serving (int8 with a float32 scale per row, and
+bfloat16 when cuda_fp16.h is found) must equal, bit for bit, the float32
+forward on the rows they read back (float(q) * scale, float(q)), across the
+same matrix of combiners, modes and signatures. It then times the
 forward and forward+backward at 4096 bags x 26 ids, d = 64, against a device
 copy and torch's embedding over a 40M x 64 table, and prints one table.
 Exit status: 0 when every check passed, 1 otherwise.
@@ -550,6 +554,15 @@ def _cuda_include_dir():
     return None
 
 
+# Token tables stored for serving (MemRecLookupQuantized): format -> (the
+# DTYPES module that also compiles its forward kernels, C type of its rows).
+# Their kernels sum in float32 into a float32 output, from float32 weights.
+STORED_TABLES = {
+    "int8": ("float32", "signed char"),
+    "bfloat16": ("bfloat16", "__nv_bfloat16"),
+}
+
+
 def module_source(dtype):
     """(source, NVRTC options, {key: name expression}) of the kernels for one
     table type: memrec_kernels_gpu.cuh as it is, plus a test helper."""
@@ -570,6 +583,12 @@ def module_source(dtype):
         "weight_meta": "memrec::gpu::WeightEntryMetaKernel",
         "finish": "memrec_check_finish_signature",
     }
+    for table_format, (module_dtype, c_table) in STORED_TABLES.items():
+        if module_dtype == dtype:
+            names[f"ids_{table_format}"] = \
+                f"memrec::gpu::LookupIdsKernel<float, float, {c_table}>"
+            names[f"bags_{table_format}"] = \
+                f"memrec::gpu::LookupBagsKernel<float, float, {c_table}>"
     options = ["--std=c++17", "-I" + CUSTOM_OPS]
     prelude = ""
     if dtype in ("float16", "bfloat16"):
@@ -662,29 +681,37 @@ class GpuKernels:
                     (sig_dev, np.int64(n), ids, token, weight))
         return token, weight
 
-    # -- MemRecLookup (LookupFunctor<GPUDevice, T>)
+    # -- MemRecLookup (LookupFunctor<GPUDevice, T>), and MemRecLookupQuantized
+    # (LookupFunctor<GPUDevice, float, Table>) when table_format is given
     def lookup(self, sig_dev, sig, ids, splits, weights, table, wtable, combiner,
-               per_hash, max_blocks=None):
+               per_hash, max_blocks=None, table_format=None, scales=None):
+        """The forward; with table_format (a STORED_TABLES format whose kernels
+        this module holds), from `table` stored in that format with `scales`
+        [m] float32 (int8) or None, float32 weights and wtable, into float32."""
         cp = self.cp
         n, d = ids.size, table.shape[1]
         num_rows = n if combiner == "none" else splits.size - 1
-        out = self.nan_filled((num_rows, d))
+        out = self.nan_filled((num_rows, d)) if table_format is None else \
+            self.filled((num_rows, d), np.nan, np.float32)
         if num_rows == 0 or d == 0:
             return out
+        suffix = "" if table_format is None else "_" + table_format
+        scales = scales if scales is not None else self.null
         k = sig.num_hashes
         warps = ChunkSizes.lookup_warps(k, self.acc_bytes)
         shared = warps * ChunkSizes.stage_bytes(k, self.acc_bytes)
         w = weights if weights is not None else self.null
         if combiner == "none":
             groups = -(-n // 32)
-            self.launch("ids", ChunkSizes.blocks_for(groups, warps), 32 * warps,
+            self.launch("ids" + suffix, ChunkSizes.blocks_for(groups, warps), 32 * warps,
                         (sig_dev, np.int32(per_hash), np.int64(n), np.int64(d), ids, w,
-                         table, wtable, out), shared, max_blocks)
+                         table, scales, wtable, out), shared, max_blocks)
         else:
-            self.launch("bags", ChunkSizes.blocks_for(num_rows, warps), 32 * warps,
+            self.launch("bags" + suffix, ChunkSizes.blocks_for(num_rows, warps),
+                        32 * warps,
                         (sig_dev, np.int32(COMBINERS[combiner]), np.int32(per_hash),
-                         np.int64(num_rows), np.int64(d), splits, ids, w, table, wtable,
-                         out), shared, max_blocks)
+                         np.int64(num_rows), np.int64(d), splits, ids, w, table, scales,
+                         wtable, out), shared, max_blocks)
         return out
 
     # -- MemRecLookupGrad (LookupGradFunctor<GPUDevice, T>)
@@ -970,6 +997,103 @@ def correctness(cp, kernels, checker, rng):
              splits=np.zeros(4, dtype=np.int64))
 
 
+def stored_rows(table_format, table):
+    """(rows as stored, float32 [m] scales or None, float32 rows they read as),
+    as memrec_tf/ops/quantize.py stores and reads them (numpy only)."""
+    table = np.asarray(table, dtype=np.float32)
+    if table_format == "bfloat16":
+        bits = _to_bf16_bits(table)
+        return bits, None, _from_bf16_bits(bits)
+    scales = (np.abs(table).max(axis=1) / np.float32(127)).astype(np.float32)
+    safe = np.where(scales == 0, np.float32(1), scales)[:, None]
+    q = np.clip(np.round(np.where(scales[:, None] == 0, 0, table / safe)), -127, 127)
+    q = q.astype(np.int8)
+    return q, scales, q.astype(np.float32) * scales[:, None]  # float32 products
+
+
+def run_stored_case(cp, stored, plain, checker, rng, table_format, label, sig, combiner,
+                    per_hash, with_weights, n_ids, n_bags, d, ids=None, splits=None):
+    """The forward from a stored table (kernels of `stored`) against the float32
+    forward (kernels of `plain`, float32) on the rows it reads back: the same
+    bits. Both against the numpy reference too."""
+    width = sig.num_hashes if per_hash else 1
+    if combiner == "none":
+        splits = np.zeros(0, dtype=np.int64)
+    elif splits is None:
+        splits = random_splits(rng, n_ids, n_bags)
+    n = (int(splits[-1]) if combiner != "none" else n_ids) if ids is None else ids.size
+    if ids is None:
+        ids = random_ids(rng, n, sig)
+    weights = random_weights(rng, n).astype(np.float32) if with_weights else None
+    table = rng.normal(size=(sig.num_token_rows, d)).astype(np.float32)
+    table[rng.random(sig.num_token_rows) < 0.05] = 0.0  # rows of zeros: scale 0
+    values, scales, read = stored_rows(table_format, table)
+    wtable = rng.normal(size=(sig.num_weight_rows, width)).astype(np.float32)
+    sig_d = plain.signature(sig)
+    ids_d = cp.asarray(ids)
+    splits_d = cp.asarray(splits) if combiner != "none" else None
+    weights_d = cp.asarray(weights) if weights is not None else None
+    wtable_d = cp.asarray(wtable)
+    name = f"{table_format} rows {label} {combiner} {'per_hash' if per_hash else 'scalar'}" \
+           f"{' weighted' if with_weights else ''}{' vocab' if sig.vocab_size else ''} " \
+           f"k={sig.num_hashes} kw={sig.num_weight_hashes} N={n} d={d}"
+    scales_d = cp.asarray(scales) if scales is not None else None
+    got = stored.lookup(sig_d, sig, ids_d, splits_d, weights_d, cp.asarray(values),
+                        wtable_d, combiner, per_hash, table_format=table_format,
+                        scales=scales_d)
+    want = plain.lookup(sig_d, sig, ids_d, splits_d, weights_d, cp.asarray(read), wtable_d,
+                        combiner, per_hash)
+    cp.cuda.Device().synchronize()
+    got, want = cp.asnumpy(got), cp.asnumpy(want)
+    ref = lookup(ids, splits, weights, read, wtable, sig, combiner, per_hash)
+    bound = lookup(ids, splits, weights, read, wtable, sig, combiner, per_hash,
+                   absolute=True)
+    checker.close(name + " forward", got, ref, bound, DTYPES["float32"][2])
+    if got.dtype != np.float32 or got.shape != want.shape:
+        checker.failed.append(name + " output dtype/shape")
+        print(f"FAIL {name}: output {got.dtype} {got.shape}, float32 path {want.shape}")
+        return
+    checker.exact(name + " forward = float32 forward on the rows read back (bits)",
+                  got.view(np.uint32), want.view(np.uint32))
+
+
+def stored_correctness(cp, kernels_by_type, checker, rng):
+    """The forward from every stored format whose kernels were compiled."""
+    plain = kernels_by_type.get("float32")
+    if plain is None:
+        return
+    for table_format, (module_dtype, _) in STORED_TABLES.items():
+        stored = kernels_by_type.get(module_dtype)
+        if stored is None:
+            print(f"SKIPPED {table_format} rows: the {module_dtype} kernels were not built")
+            continue
+        before = checker.passed + len(checker.failed)
+        for combiner in COMBINERS:
+            for per_hash in (False, True):
+                for with_weights in (False, True):
+                    for vocab in (False, True):
+                        sig = random_signature(rng, 1000, 64, vocab=vocab)
+                        run_stored_case(cp, stored, plain, checker, rng, table_format,
+                                        "matrix", sig, combiner, per_hash, with_weights,
+                                        n_ids=600, n_bags=40, d=int(rng.choice([8, 64])))
+        # Column passes, partial warps, the largest signature, empty inputs.
+        for d in (1, 33, 200):
+            sig = random_signature(rng, 500, 40)
+            run_stored_case(cp, stored, plain, checker, rng, table_format, "width", sig,
+                            "sum", True, True, n_ids=300, n_bags=20, d=d)
+        sig = random_signature(rng, 2000, 300, k=16, kw=16)
+        run_stored_case(cp, stored, plain, checker, rng, table_format, "k=16", sig, "mean",
+                        True, True, n_ids=400, n_bags=30, d=64)
+        sig = random_signature(rng, 100, 10)
+        run_stored_case(cp, stored, plain, checker, rng, table_format, "empty", sig, "none",
+                        False, False, n_ids=0, n_bags=0, d=16)
+        run_stored_case(cp, stored, plain, checker, rng, table_format, "empty bags", sig,
+                        "sqrtn", False, False, n_ids=0, n_bags=3, d=16,
+                        ids=np.zeros(0, dtype=np.int64), splits=np.zeros(4, dtype=np.int64))
+        print(f"{table_format} rows: {checker.passed + len(checker.failed) - before} checks, "
+              f"{len(checker.failed)} failed so far")
+
+
 def check_signature_and_pinned(cp, kernels, checker):
     for case in pinned_vectors():
         sig = pinned_signature(case)
@@ -1164,6 +1288,7 @@ def gpu_main(args):
         correctness(cp, kernels, checker, rng)
         print(f"{dtype}: {checker.passed + len(checker.failed) - before} checks, "
               f"{len(checker.failed)} failed so far")
+    stored_correctness(cp, kernels_by_type, checker, rng)
     print(f"correctness: {checker.passed} passed, {len(checker.failed)} failed "
           f"({time.perf_counter() - started:.1f} s)")
     if not args.no_benchmark and "float32" in kernels_by_type:
