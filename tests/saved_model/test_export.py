@@ -236,16 +236,25 @@ _TF_KERAS_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     import memrec_tf
     from memrec_tf import saved_model
+    from memrec_tf.ops import quantize
     keras = tf.keras
     assert keras.layers.Layer.__module__.startswith("tf_keras"), keras.layers.Layer.__module__
     ids = keras.Input((4,), dtype="int64", name="ids")
     x = keras.layers.Flatten()(memrec_tf.MemRecEmbedding(8, 256, salt_columns=True)(ids))
     model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(x))
     batch = np.arange(-20, 20, dtype=np.int64).reshape(10, 4) * 977
-    want = model.predict(batch, verbose=0)
+    wants = {"float32": model.predict(batch, verbose=0)}
+    layer = model.layers[1]
+    trained = layer.token_table.numpy()
+    layer.token_table.assign(quantize.round_trip_numpy(trained, "int8"))
+    wants["int8"] = model.predict(batch, verbose=0)
+    layer.token_table.assign(trained)
     root = sys.argv[1]
-    for mode in ("core", "fused"):
-        path = memrec_tf.export(model, os.path.join(root, mode), mode=mode)
+    for mode, table_dtype in (("core", "float32"), ("fused", "float32"), ("core", "int8"),
+                              ("fused", "int8")):
+        want = wants[table_dtype]
+        path = memrec_tf.export(model, os.path.join(root, mode + table_dtype), mode=mode,
+                                table_dtype=table_dtype)
         assert bool(saved_model.memrec_op_types(path)) == (mode == "fused"), mode
         got = memrec_tf.load(path).signatures["serving_default"](ids=tf.constant(batch))
         np.testing.assert_allclose(got["output_0"].numpy(), want, atol=1e-5, rtol=0)
