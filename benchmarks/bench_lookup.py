@@ -5,6 +5,7 @@ rounds, medians), and the ratios the targets are stated in:
 
     python benchmarks/bench_lookup.py            # 4096 x 26 ids, d=64, k=2, m=2^16, 40M-row full table
     python benchmarks/bench_lookup.py --full-rows 4000000 --rounds 5   # quick
+    python benchmarks/bench_lookup.py --variants "fused forward,core forward"
 
 The full table is float32 [full_rows, d]: 40M x 64 is 10.24 GB of memory.
 """
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cpu_name, interleaved_times  # noqa: E402
 
 from memrec_tf import ops
-from memrec_tf.ops import core
+from memrec_tf.ops import core, quantize
 from memrec_tf.ops.signature import Signature
 
 
@@ -51,6 +52,14 @@ def build_cases(args):
         return lambda: fn(ids, no_splits, no_weights, token, weight, signature,
                           combiner="none")
 
+    def stored(table_dtype):
+        # The token table as stored for serving, read by the built-in-ops path.
+        values, scales = quantize.quantize_rows(token, table_dtype)
+        values = tf.Variable(values, name=f"token_{table_dtype}")
+        scales = None if scales is None else tf.Variable(scales, name="token_scales")
+        return lambda: core.lookup(ids, no_splits, no_weights, values, weight, signature,
+                                   combiner="none", token_scales=scales)
+
     def forward(lookup):
         return tf.function(lookup)
 
@@ -74,6 +83,8 @@ def build_cases(args):
         "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
         "core forward": forward(memrec("core")),
         "core forward+backward": forward_backward(memrec("core"), [token, weight]),
+        "core forward, int8 table": forward(stored("int8")),
+        "core forward, bfloat16 table": forward(stored("bfloat16")),
         "full-table forward": forward(full_lookup),
         "full-table forward+backward": forward_backward(full_lookup, [full]),
         "m-row table forward (reference)": forward(small_lookup),
@@ -125,9 +136,13 @@ def main(argv=None):
         "full fwd / fused fwd (target >= 3.4)": ("full-table forward", "fused forward"),
         "full fwd+bwd / fused fwd+bwd (target >= 2)":
             ("full-table forward+backward", "fused forward+backward"),
-        "core fwd / fused fwd (target >= 5)": ("core forward", "fused forward"),
-        "core fwd+bwd / fused fwd+bwd (target >= 5)":
+        "core fwd / fused fwd (target <= 1.5)": ("core forward", "fused forward"),
+        "core fwd+bwd / fused fwd+bwd (no target)":
             ("core forward+backward", "fused forward+backward"),
+        "core int8 fwd / core float32 fwd (no target)":
+            ("core forward, int8 table", "core forward"),
+        "core bf16 fwd / core float32 fwd (no target)":
+            ("core forward, bfloat16 table", "core forward"),
     }
     ratios = {name: median[a] / median[b] for name, (a, b) in pairs.items()
               if a in median and b in median}
