@@ -82,28 +82,49 @@ def _reduce_row(h, rows):
 
 def _radix_rows(index, radix):
     """[parts, N] rows of the mixed-radix digits of `index` [N]."""
-    offsets, radices, strides = radix
-    return tf.stack([o + tf.math.floormod(tf.math.floordiv(index, s), r)
-                     for o, r, s in zip(offsets, radices, strides)], axis=0)
+    offsets, radices, strides = (tf.constant(v, tf.int64)[:, None] for v in radix)
+    return offsets + tf.math.floormod(tf.math.floordiv(index[None, :], strides), radices)
+
+
+def _vocab_rows(index, signature, num_token_rows, num_weight_rows):
+    """(token [k, N], weight [kw, N]) rows of vocabulary ids `index` [N]."""
+    head = signature.num_head
+    token = _radix_rows(index - head if head else index,
+                        signature.token_radix(num_token_rows))
+    if head:  # a head id owns its row; tail rows of head ids are discarded
+        token = tf.where((index < head)[None, :], index[None, :], token)
+    if signature.num_weight_hashes == 0:
+        return token, tf.zeros([0, tf.size(index)], tf.int64)
+    return token, _radix_rows(index, signature.weight_radix(num_weight_rows))
 
 
 def _row_columns(ids, signature, num_token_rows, num_weight_rows):
     """(token rows [k, N], weight rows [kw, N]), int64, one hash per row."""
     ids = tf.convert_to_tensor(ids, tf.int64)
     k, kw = signature.num_hashes, signature.num_weight_hashes
-    rows = _random_rows(_keys(ids, signature), k, num_token_rows, kw, num_weight_rows)
-    token, weight = rows[:k], rows[k:]
-    if signature.vocab_size > 0:
-        vocab, head = signature.vocab_size, signature.num_head
-        in_vocab = tf.logical_and(ids >= 0, ids < vocab)
+
+    def random_rows():
+        rows = _random_rows(_keys(ids, signature), k, num_token_rows, kw, num_weight_rows)
+        return rows[:k], rows[k:]
+
+    if signature.vocab_size == 0:
+        return random_rows()
+    # Negative ids read as uint64 are >= 2^63: one comparison tests both ends.
+    in_vocab = tf.bitcast(ids, tf.uint64) < tf.bitcast(
+        tf.constant(signature.vocab_size, tf.int64), tf.uint64)
+
+    def mixed_rows():
         safe = tf.where(in_vocab, ids, tf.zeros_like(ids))
-        tail = _radix_rows(tf.maximum(safe - head, 0), signature.token_radix(num_token_rows))
-        token_vocab = tf.where((safe < head)[None, :], safe[None, :], tail)
-        token = tf.where(in_vocab[None, :], token_vocab, token)
-        if kw > 0:
-            weight_vocab = _radix_rows(safe, signature.weight_radix(num_weight_rows))
-            weight = tf.where(in_vocab[None, :], weight_vocab, weight)
-    return token, weight
+        vocab_rows = _vocab_rows(safe, signature, num_token_rows, num_weight_rows)
+        return tuple(tf.where(in_vocab[None, :], v, r)
+                     for v, r in zip(vocab_rows, random_rows()))
+
+    if in_xla_context():
+        return mixed_rows()
+    # Served ids are usually all in the vocabulary: then no random hash is computed.
+    return tf.cond(tf.reduce_all(in_vocab),
+                   lambda: _vocab_rows(ids, signature, num_token_rows, num_weight_rows),
+                   mixed_rows)
 
 
 def hash_rows(ids, signature, num_token_rows, num_weight_rows):
@@ -228,7 +249,10 @@ def _id_weights(weights, n, compute):
     if weights is None:
         return None
     weights = tf.stop_gradient(tf.cast(weights, compute))
-    if weights.shape.rank == 1 and weights.shape[0] is not None and weights.shape[0] > 0:
+    length = weights.shape[0] if weights.shape.rank == 1 else None
+    if length == 0:
+        return None
+    if length is not None:
         return weights
     # An empty weights vector means "all ones", decided at run time so that a
     # weights tensor of unknown static length works too.
