@@ -80,22 +80,33 @@ def _reduce_row(h, rows):
     return tf.math.floormod(half, tf.constant(rows, tf.int64))
 
 
-def _radix_rows(index, radix):
-    """[parts, N] rows of the mixed-radix digits of `index` [N]."""
-    offsets, radices, strides = (tf.constant(v, tf.int64)[:, None] for v in radix)
-    return offsets + tf.math.floormod(tf.math.floordiv(index[None, :], strides), radices)
+def _radix_rows(index, radix, limit):
+    """[parts, N] rows of the mixed-radix digits of `index` [N] in [0, limit).
+
+    Digit i is offset_i + (index // stride_i) % radix_i. int64 division is
+    slow, so a stride of 1 takes no division and a digit that cannot reach
+    its radix (stride_i * radix_i >= limit) no remainder.
+    """
+    digits = []
+    for offset, radix_i, stride in zip(*radix):
+        digit = index if stride == 1 else tf.math.floordiv(index, stride)
+        if stride * radix_i < limit:
+            digit = tf.math.floormod(digit, radix_i)
+        digits.append(digit + offset if offset else digit)
+    return tf.stack(digits)
 
 
 def _vocab_rows(index, signature, num_token_rows, num_weight_rows):
     """(token [k, N], weight [kw, N]) rows of vocabulary ids `index` [N]."""
     head = signature.num_head
     token = _radix_rows(index - head if head else index,
-                        signature.token_radix(num_token_rows))
+                        signature.token_radix(num_token_rows), signature.token_limit())
     if head:  # a head id owns its row; tail rows of head ids are discarded
         token = tf.where((index < head)[None, :], index[None, :], token)
     if signature.num_weight_hashes == 0:
         return token, tf.zeros([0, tf.size(index)], tf.int64)
-    return token, _radix_rows(index, signature.weight_radix(num_weight_rows))
+    return token, _radix_rows(index, signature.weight_radix(num_weight_rows),
+                              signature.vocab_size)
 
 
 def _row_columns(ids, signature, num_token_rows, num_weight_rows):
