@@ -164,11 +164,12 @@ def in_xla_context():
 
 def _unique_row_gradient(values, flat_rows, per_row):
     """IndexedSlices of `per_row` [R, d] summed per row of `flat_rows` [R], ascending."""
-    unique, position = tf.unique(flat_rows, out_idx=tf.int64)
-    summed = tf.math.unsorted_segment_sum(per_row, position, tf.size(unique))
-    order = tf.argsort(unique)
-    return tf.IndexedSlices(tf.gather(summed, order), tf.gather(unique, order),
-                            tf.shape(values, out_type=tf.int64))
+    # Sorting first lets the (several times faster) sorted segment sum add
+    # each row's contributions, and leaves the rows ascending.
+    order = tf.argsort(flat_rows, stable=True)
+    unique, position = tf.unique(tf.gather(flat_rows, order), out_idx=tf.int64)
+    summed = tf.math.segment_sum(tf.gather(per_row, order), position)
+    return tf.IndexedSlices(summed, unique, tf.shape(values, out_type=tf.int64))
 
 
 def gather_rows(table, rows):
