@@ -6,10 +6,13 @@ rounds, medians), and the ratios the targets are stated in:
     python benchmarks/bench_lookup.py            # 4096 x 26 ids, d=64, k=2, m=2^16, 40M-row full table
     python benchmarks/bench_lookup.py --full-rows 4000000 --rounds 5   # quick
     python benchmarks/bench_lookup.py --variants "fused forward,core forward"
+    git show 26b4b59:memrec_tf/ops/core.py > /tmp/core_before.py
+    python benchmarks/bench_lookup.py --other-core /tmp/core_before.py   # against an older core
 
 The full table is float32 [full_rows, d]: 40M x 64 is 10.24 GB of memory.
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -24,6 +27,14 @@ from common import cpu_name, interleaved_times  # noqa: E402
 from memrec_tf import ops
 from memrec_tf.ops import core, quantize
 from memrec_tf.ops.signature import Signature
+
+
+def load_core(path):
+    """A core.py from elsewhere (e.g. `git show <commit>:memrec_tf/ops/core.py`) as a module."""
+    spec = importlib.util.spec_from_file_location("other_core", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_cases(args):
@@ -47,8 +58,10 @@ def build_cases(args):
             tf.random.uniform([rows, args.dim], -0.05, 0.05),
             tf.range(start, start + rows, dtype=tf.int64)))
 
+    other = load_core(args.other_core).lookup if args.other_core else None
+
     def memrec(path):
-        fn = ops.lookup if path == "fused" else core.lookup
+        fn = {"fused": ops.lookup, "core": core.lookup, "other": other}[path]
         return lambda: fn(ids, no_splits, no_weights, token, weight, signature,
                           combiner="none")
 
@@ -87,6 +100,9 @@ def build_cases(args):
         "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
         "core forward": forward(memrec("core")),
         "core forward+backward": forward_backward(memrec("core"), [token, weight]),
+        **({"other core forward": forward(memrec("other")),
+            "other core forward+backward": forward_backward(memrec("other"), [token, weight])}
+           if args.other_core else {}),
         "core forward int8 table": forward(stored("int8")),
         "core forward bfloat16 table": forward(stored("bfloat16")),
         "full-table forward": forward(full_lookup),
@@ -111,6 +127,9 @@ def main(argv=None):
     parser.add_argument("--variants", default=None,
                         help="comma list of variants to time (default: all); ratios need "
                              "both of their variants")
+    parser.add_argument("--other-core", metavar="FILE",
+                        help="also time core.lookup of this core.py (another version) as "
+                             "'other core forward' and 'other core forward+backward'")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -147,6 +166,9 @@ def main(argv=None):
             ("core forward int8 table", "core forward"),
         "core bf16 fwd / core float32 fwd (no target)":
             ("core forward bfloat16 table", "core forward"),
+        "other core fwd / fused fwd": ("other core forward", "fused forward"),
+        "other core fwd+bwd / fused fwd+bwd":
+            ("other core forward+backward", "fused forward+backward"),
     }
     ratios = {name: median[a] / median[b] for name, (a, b) in pairs.items()
               if a in median and b in median}

@@ -11,6 +11,7 @@ per round, and the table gives p50 and p99 of the single-call latencies:
 
     python benchmarks/bench_serving.py             # about 3 minutes
     python benchmarks/bench_serving.py --quick     # under a minute, not evidence
+    python benchmarks/bench_serving.py --other-core /tmp/core_before.py   # an older core.py too
 
 Variants are "<embedding>/<mode>[/<table_dtype>]"; --variants picks them.
 Token tables stored in fewer bits (memrec_tf.ops.quantize: "int8",
@@ -31,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_lookup import load_core  # noqa: E402
 from common import cpu_name, method_config  # noqa: E402
 
 import memrec_tf  # noqa: E402
@@ -42,6 +44,7 @@ NUM_CATEGORICAL = 26
 NUM_DENSE = 13
 DEFAULT_VARIANTS = ("full", "memrec/core", "memrec/fused")
 BASELINE = "full"
+OTHER_CORE = "memrec/other-core"  # the core export built with --other-core's core.py
 POOL = 8  # distinct request batches per size, cycled through
 # Criteo-like spread of cardinalities: a few large features, many small.
 _CARDINALITY_SHARES = (0.26, 0.20, 0.12, 0.08, 0.06, 0.05, 0.04, 0.035, 0.03, 0.025, 0.02,
@@ -60,6 +63,8 @@ def parse_variant(text):
     parts = text.strip().split("/")
     if parts[0] == "full" and len(parts) == 1:
         return "full", "core", "float32"
+    if text.strip() == OTHER_CORE:
+        return "memrec", "core", "float32"
     if parts[0] != "memrec" or len(parts) not in (2, 3) or parts[1] not in ("core", "fused"):
         raise ValueError(f"a variant is 'full' or 'memrec/<core|fused>[/<table_dtype>]', "
                          f"got {text!r}")
@@ -82,7 +87,16 @@ def build(embedding, args, cards):
     return model, nbytes, options
 
 
-def export(model, path, mode, table_dtype):
+def export(model, path, mode, table_dtype, other_core=None):
+    if other_core is not None:  # the core export traced with another core.py's lookup
+        from memrec_tf.ops import core  # pylint: disable=g-import-not-at-top
+
+        saved = core.lookup
+        core.lookup = other_core.lookup
+        try:
+            return export(model, path, mode, table_dtype)
+        finally:
+            core.lookup = saved
     if table_dtype == "float32":
         return memrec_tf.export(model, path, mode=mode)
     if "table_dtype" not in inspect.signature(memrec_tf.export).parameters:
@@ -141,6 +155,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="small tables, few rounds: a smoke run, not evidence")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--other-core", metavar="FILE",
+                        help="also export the MEM-REC model in core mode with core.lookup "
+                             f"of this core.py (another version), as {OTHER_CORE!r}")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -153,6 +170,10 @@ def main(argv=None):
     if any(mode == "fused" for _, mode, _ in variants.values()):
         ops.load_library()  # the fused exports' MemRecLookup op
 
+    other = None
+    if args.other_core:
+        other = load_core(args.other_core)
+        variants[OTHER_CORE] = parse_variant(OTHER_CORE)
     cards = cardinalities(args.full_rows)
     info, serving, keep = {}, {}, []
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as root:
@@ -162,7 +183,7 @@ def main(argv=None):
                 if e != embedding:
                     continue
                 path = export(model, os.path.join(root, name.replace("/", "_")), mode,
-                              table_dtype)
+                              table_dtype, other if name == OTHER_CORE else None)
                 info[name] = dict(table_bytes=nbytes, options=options)
                 loaded = tf.saved_model.load(path)
                 keep.append(loaded)
