@@ -304,8 +304,9 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
       * int8 with `token_scales` ([m] float32, one scale per row), or
       * bfloat16 with a float32 weight table.
 
-    Only the rows read are converted. Such tables take no gradient (an
-    error says so); the weight table still does.
+    Only the rows read are converted. Such tables are for serving: a
+    gradient to a bfloat16 one is refused with an error (int8 values are
+    not differentiable at all); the weight table still takes its gradient.
 
     Args:
       token_scales: [m] float32 scales of an int8 token table; None otherwise.
