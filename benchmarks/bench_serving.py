@@ -100,7 +100,7 @@ def export(model, path, mode, table_dtype, other_core=None):
     if table_dtype == "float32":
         return memrec_tf.export(model, path, mode=mode)
     if "table_dtype" not in inspect.signature(memrec_tf.export).parameters:
-        sys.exit(f"bench_serving: a {table_dtype} variant needs "
+        sys.exit(f"bench_serving: {table_dtype} token tables need "
                  "memrec_tf.export(..., table_dtype=...), which this memrec_tf lacks")
     return memrec_tf.export(model, path, mode=mode, table_dtype=table_dtype)
 
