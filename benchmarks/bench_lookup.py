@@ -5,6 +5,9 @@ rounds, medians), and the ratios the targets are stated in:
 
     python benchmarks/bench_lookup.py            # 4096 x 26 ids, d=64, k=2, m=2^16, 40M-row full table
     python benchmarks/bench_lookup.py --full-rows 4000000 --rounds 5   # quick
+    python benchmarks/bench_lookup.py --variants "fused forward,core forward"
+    git show 26b4b59:memrec_tf/ops/core.py > /tmp/core_before.py
+    python benchmarks/bench_lookup.py --other-core /tmp/core_before.py   # against an older core
 
 The full table is float32 [full_rows, d]: 40M x 64 is 10.24 GB of memory.
 
@@ -19,6 +22,7 @@ full-table variant is timed (the ids are drawn from [0, full_rows) either way):
         --variants "fused forward,fused forward bfloat16,fused forward int8"
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -39,6 +43,14 @@ from memrec_tf.ops.signature import Signature
 # int8 rows are a quarter of float32's bytes (plus a scale), and the forward
 # is bound by its random row reads. bfloat16 has no target, only its number.
 STORED_SPEEDUP_TARGET = {"int8": 1.3}
+
+
+def load_core(path):
+    """A core.py from elsewhere (e.g. `git show <commit>:memrec_tf/ops/core.py`) as a module."""
+    spec = importlib.util.spec_from_file_location("other_core", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _needs_full_table(wanted):
@@ -68,17 +80,20 @@ def build_cases(args, wanted=None):
             tf.random.uniform([rows, args.dim], -0.05, 0.05),
             tf.range(start, start + rows, dtype=tf.int64)))
 
+    other = load_core(args.other_core).lookup if args.other_core else None
+
     def memrec(path):
-        fn = ops.lookup if path == "fused" else core.lookup
+        fn = {"fused": ops.lookup, "core": core.lookup, "other": other}[path]
         return lambda: fn(ids, no_splits, no_weights, token, weight, signature,
                           combiner="none")
 
-    def memrec_stored(table_dtype):
+    def memrec_stored(table_dtype, lookup=ops.lookup):
         # The token table as served from `table_dtype` rows (weights stay float32).
         values, scales = quantize.quantize_rows(token, table_dtype)
         values = tf.Variable(values, trainable=False, name=f"token_{table_dtype}")
-        return lambda: ops.lookup(ids, no_splits, no_weights, values, weight, signature,
-                                  combiner="none", token_scales=scales)
+        scales = None if scales is None else tf.Variable(scales, name="token_scales")
+        return lambda: lookup(ids, no_splits, no_weights, values, weight, signature,
+                              combiner="none", token_scales=scales)
 
     def forward(lookup):
         return tf.function(lookup)
@@ -97,9 +112,16 @@ def build_cases(args, wanted=None):
     # Reference, not a target: one row per id from a table of the token
     # table's size (m x d), the cost of a single cached row per id.
     small_ids = tf.constant(rng.integers(0, args.m, size=n), tf.int64)
-    small_lookup = lambda: tf.nn.embedding_lookup(token, small_ids)  # noqa: E731
+    # Its own copy of the token table: a gather from a variable switches it to
+    # copy-on-read, after which every read of the whole variable (as the
+    # MEM-REC ops' inputs) would copy it.
+    small = tf.Variable(token.read_value(), name="small")
+    small_lookup = lambda: tf.nn.embedding_lookup(small, small_ids)  # noqa: E731
     stored = {f"fused forward {name}": (lambda name=name: forward(memrec_stored(name)))
               for name in args.table_dtypes if name != "float32"}
+    stored.update({f"core forward {name} table":
+                   (lambda name=name: forward(memrec_stored(name, core.lookup)))
+                   for name in args.table_dtypes if name != "float32"})
     stored = {name: make() for name, make in stored.items()
               if wanted is None or name in wanted}
     return {
@@ -108,6 +130,9 @@ def build_cases(args, wanted=None):
         "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
         "core forward": forward(memrec("core")),
         "core forward+backward": forward_backward(memrec("core"), [token, weight]),
+        **({"other core forward": forward(memrec("other")),
+            "other core forward+backward": forward_backward(memrec("other"), [token, weight])}
+           if args.other_core else {}),
         "full-table forward": forward(full_lookup),
         "full-table forward+backward": forward_backward(full_lookup, [full]),
         "m-row table forward (reference)": forward(small_lookup),
@@ -133,6 +158,9 @@ def main(argv=None):
     parser.add_argument("--table-dtypes", default="float32,bfloat16,int8",
                         help="comma list of token-table formats of the fused forward "
                              f"({', '.join(quantize.TABLE_DTYPES)}); float32 is 'fused forward'")
+    parser.add_argument("--other-core", metavar="FILE",
+                        help="also time core.lookup of this core.py (another version) as "
+                             "'other core forward' and 'other core forward+backward'")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     args.table_dtypes = [quantize.check_table_dtype(name.strip())
@@ -171,9 +199,15 @@ def main(argv=None):
         "full fwd / fused fwd (target >= 3.4)": ("full-table forward", "fused forward"),
         "full fwd+bwd / fused fwd+bwd (target >= 2)":
             ("full-table forward+backward", "fused forward+backward"),
-        "core fwd / fused fwd (target >= 5)": ("core forward", "fused forward"),
-        "core fwd+bwd / fused fwd+bwd (target >= 5)":
+        "core fwd / fused fwd (target <= 1.5)": ("core forward", "fused forward"),
+        "core fwd+bwd / fused fwd+bwd (no target)":
             ("core forward+backward", "fused forward+backward"),
+        **{f"core {name} fwd / core float32 fwd (no target)":
+           (f"core forward {name} table", "core forward")
+           for name in args.table_dtypes if name != "float32"},
+        "other core fwd / fused fwd": ("other core forward", "fused forward"),
+        "other core fwd+bwd / fused fwd+bwd":
+            ("other core forward+backward", "fused forward+backward"),
     }
     ratios = {name: median[a] / median[b] for name, (a, b) in pairs.items()
               if a in median and b in median}

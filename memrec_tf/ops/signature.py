@@ -156,9 +156,13 @@ class Signature:
         """The signature of a fused op in a graph, read from its attributes."""
         return cls(**{field.name: op.get_attr(field.name) for field in dataclasses.fields(cls)})
 
+    def token_limit(self):
+        """Tail indices (id - num_head) of vocabulary ids lie in [0, token_limit)."""
+        return max(1, self.vocab_size - self.num_head)
+
     def token_radix(self, num_token_rows):
         return split_radix(self.num_head, num_token_rows - self.num_head,
-                           self.num_hashes, max(1, self.vocab_size - self.num_head))
+                           self.num_hashes, self.token_limit())
 
     def weight_radix(self, num_weight_rows):
         return split_radix(0, num_weight_rows, self.num_weight_hashes, self.vocab_size)

@@ -226,6 +226,24 @@ def test_random_ids_agree_across_three_implementations(rng, seed, num_salts):
     assert np_weight.min() >= 0 and np_weight.max() < m_w
 
 
+@pytest.mark.parametrize("in_vocab", ["all", "mixed", "none"])
+@pytest.mark.parametrize("num_head", [0, 3])
+def test_core_vocabulary_rows_agree_with_the_kernel(rng, in_vocab, num_head):
+    # The core path computes no random hash when every id is in the
+    # vocabulary; each branch must give the kernel's rows.
+    vocab = 50
+    ids = {"all": rng.integers(0, vocab, 200),
+           "mixed": rng.integers(-5, vocab + 5, 200),
+           "none": reference.random_ids(rng, 200)}[in_vocab]
+    sig = Signature(num_hashes=3, num_weight_hashes=2, seed=4, vocab_size=vocab,
+                    num_head=num_head)
+    for fn in (core.hash_rows, tf.function(core.hash_rows, reduce_retracing=True)):
+        got = fn(tf.constant(ids, tf.int64), sig, 23, 9)
+        want = ops.hash_rows(tf.constant(ids, tf.int64), sig, 23, 9)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.numpy(), w.numpy())
+
+
 def test_seeds_give_independent_rows():
     ids = tf.constant(np.arange(200, dtype=np.int64))
     a, _ = ops.hash_rows(ids, Signature(num_hashes=2, num_weight_hashes=1, seed=0), 10**6, 10)
