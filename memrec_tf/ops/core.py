@@ -351,10 +351,11 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
             factors = [_times(f, tf.gather(scales, c)) for f, c in zip(factors, columns)]
     else:
         blocks = gather_columns(table, columns)
-    if len({id(f) for f in factors}) == 1:  # one factor for all hashes: apply it once
+    # Every row is scaled by its factor before it is added, as the fused op
+    # accumulates: scaling the sum instead would overflow to inf where the
+    # fused op's sum of scaled rows does not.
+    if factors[0] is None:
         values = tf.add_n(blocks)
-        if factors[0] is not None:
-            values = values * factors[0][:, None]
     else:
         values = tf.add_n([b * f[:, None] for b, f in zip(blocks, factors)])
 

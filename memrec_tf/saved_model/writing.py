@@ -147,7 +147,7 @@ def _write_keras3(model, path, specs, only_used_variables):
         for layer in children:
             archive.track(layer)
     archive.add_endpoint("serve", _serving_fn(model, specs), specs)
-    archive.write_out(path, verbose=False)
+    archive.write_out(path, options=_save_options(only_used_variables), verbose=False)
 
 
 def _write_tf_keras(model, path, specs, only_used_variables):
@@ -168,7 +168,16 @@ def _write_tf_keras(model, path, specs, only_used_variables):
         root = tf.Module()
         root.variables_read = list(concrete.variables)
         root.serve = function
-    tf.saved_model.save(root, path, signatures={SIGNATURE_KEY: concrete})
+    tf.saved_model.save(root, path, signatures={SIGNATURE_KEY: concrete},
+                        options=_save_options(only_used_variables))
+
+
+def _save_options(stored_tables):
+    """Stored (serving) tables refuse gradients with an error naming the fix;
+    their exports are for inference, so custom gradients are not traced."""
+    if not stored_tables:
+        return None
+    return tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 
 
 def write_saved_model(model, path, specs, only_used_variables=False):

@@ -343,3 +343,27 @@ def test_gradient_of_one_bag_of_three_million_ids(big_bag):
     grad = tape.gradient(loss, table)
     dense = tf.convert_to_tensor(grad).numpy()
     np.testing.assert_array_equal(dense, np.repeat(b["counts"][:, None], b["d"], axis=1))
+
+
+@pytest.mark.parametrize("weight_mode", ["scalar", "per_hash"])
+@pytest.mark.parametrize("combiner", ["none", "sum", "mean"])
+def test_fused_and_core_agree_where_float32_overflows(combiner, weight_mode):
+    # Rows near float32's largest value: their sum overflows, but each row
+    # scaled by alpha = 0.25 first does not. Both paths scale every row by
+    # its id's weight and alpha before adding it, so both give the same
+    # finite values, and both give inf where even the scaled sum overflows.
+    big = np.finfo(np.float32).max / 2
+    sig = Signature(num_hashes=2, num_weight_hashes=1)
+    table = np.full([4, 3], big, np.float32)
+    table[1] = -big
+    width = 2 if weight_mode == "per_hash" else 1
+    for alpha, finite in ((0.25, True), (4.0, False)):
+        wtable = np.full([8, width], alpha, np.float32)
+        ids = np.arange(6, dtype=np.int64)
+        splits = np.array([0, 3, 6], np.int64) if combiner != "none" else np.zeros([0], np.int64)
+        outs = [np.asarray(PATHS[path](tf.constant(ids), tf.constant(splits),
+                                       tf.zeros([0]), tf.constant(table), tf.constant(wtable),
+                                       sig, combiner=combiner, weight_mode=weight_mode))
+                for path in ("fused", "core")]
+        np.testing.assert_array_equal(outs[0], outs[1])
+        assert np.isfinite(outs[0]).all() == finite
