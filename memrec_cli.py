@@ -230,7 +230,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # 3: not even ERROR lines (oneDNN logs its int64 fallback as one); a
+        # failure reaches the user as a Python exception anyway.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with contextlib.nullcontext() if verbose else tensorflow_start_up_hidden():
         import tensorflow as tf
         from memrec_tf.app import cli
