@@ -8,6 +8,7 @@ SavedModels for a stock TensorFlow Serving.
 """
 import tensorflow as tf
 
+from memrec_tf.ops import table_gradients
 from memrec_tf.ops import signature as sig_lib
 
 def _shift_right_logical(x, bits):
@@ -102,14 +103,15 @@ def in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def gather_rows(table, rows):
+def gather_rows(table, rows, dense=False):
     """tf.gather(table, rows) whose gradient holds each row once, rows ascending.
 
     tf.gather's own gradient has one entry per gathered row, duplicates
     included, and optimizers with per-row state (Keras 3's Adam, Adagrad,
     RMSprop) apply duplicate entries differently from their sum. This
-    gradient sums them first, as the fused op's does. Inside XLA (no dynamic
-    shapes) it is tf.gather's own.
+    gradient sums them first, as the fused op's does: into a dense tensor of
+    the table's shape when `dense`, else into `tf.IndexedSlices`. Inside XLA
+    (no dynamic shapes) it is tf.gather's own.
     """
     if in_xla_context():
         return tf.gather(table, rows)
@@ -118,8 +120,10 @@ def gather_rows(table, rows):
     def gather(values):
         def grad(upstream):
             flat = tf.reshape(rows, [-1])
-            unique, position = tf.unique(flat, out_idx=tf.int64)
             per_row = tf.reshape(upstream, tf.stack([tf.size(flat), tf.shape(values)[1]]))
+            if dense:
+                return tf.math.unsorted_segment_sum(per_row, flat, tf.shape(values)[0])
+            unique, position = tf.unique(flat, out_idx=tf.int64)
             summed = tf.math.unsorted_segment_sum(per_row, position, tf.size(unique))
             order = tf.argsort(unique)
             return tf.IndexedSlices(tf.gather(summed, order), tf.gather(unique, order),
@@ -133,9 +137,10 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
            combiner="sum", weight_mode="scalar"):
     """The MemRecLookup op written with built-in ops (same arguments).
 
-    Gradients flow to both tables as IndexedSlices with each row once, rows
-    ascending, as the fused op's (`gather_rows`); per-id weights are treated
-    as constants, as in the fused op.
+    Gradients flow to both tables as the fused op's do: dense, or
+    IndexedSlices with each row once, rows ascending, as
+    `table_gradients.use_dense` chooses (`gather_rows`); per-id weights are
+    treated as constants, as in the fused op.
     """
     dtype = token_table.dtype
     # half and bfloat16 accumulate in float32, as the fused kernels do.
@@ -147,11 +152,12 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
                          f"{token_table.shape} and {weight_table.shape}")
     token_rows, weight_rows = hash_rows(ids, signature, int(token_table.shape[0]),
                                         int(weight_table.shape[0]))
-    rows = gather_rows(table, token_rows)  # [N, k, d]
+    dense = table_gradients.use_dense(token_table, weight_table)
+    rows = gather_rows(table, token_rows, dense)  # [N, k, d]
     n = tf.size(ids)
     width = signature.num_hashes if weight_mode == "per_hash" else 1
     if signature.num_weight_hashes > 0:
-        alpha = tf.reduce_sum(gather_rows(wtable, weight_rows), axis=1)  # [N, width]
+        alpha = tf.reduce_sum(gather_rows(wtable, weight_rows, dense), axis=1)  # [N, width]
     else:
         alpha = tf.ones([n, width], compute)
     if weight_mode == "per_hash":
