@@ -16,9 +16,15 @@ optimizer, every variant is timed side by side (interleaved rounds, medians):
           (`memrec_tf.ops.gradient_format("sparse")`), for comparison with
           the dense gradients that small tables get by default.
 
-    python benchmarks/bench_train_step.py            # 1M and 10M rows, ~5 minutes
-    python benchmarks/bench_train_step.py --quick    # 1M rows, uniform, under a minute
+    python benchmarks/bench_train_step.py --rows 1000000    # ~5 minutes on 2 cores
+    python benchmarks/bench_train_step.py --rows 10000000   # ~5 minutes, 11 GiB peak
+    python benchmarks/bench_train_step.py --quick           # 1M rows, uniform, about a minute
     python benchmarks/bench_train_step.py --plot-only --plot benchmarks/results/train_step.png
+
+Not all of a case's memory comes back after it (the 10M cases after the 1M
+ones, and the plot's 10M size after the smaller ones, passed 11 GiB in one
+process), so on a machine with little memory run each row count in its own
+process, as above.
 
 A 10M x 64 float32 table is 2.4 GiB; Keras' Adam holds two more of its size
 and makes table-sized temporaries, so the raw and Keras variants of one case
@@ -195,24 +201,19 @@ def case_steps(args, rows, distribution, optimizer_name, rng):
     return steps
 
 
-def forward_steps(args, rows, rng):
-    """{variant: forward callable}, for the plot: full table and fused MEM-REC."""
-    ids = tf.constant(rng.integers(0, rows, (args.batch, args.features)), tf.int64)
-    table = tf.Variable(tf.random.uniform([rows, args.dim], -0.05, 0.05))
-    layer = memrec_layer(args, max(args.k), "fused")
-    return {"full forward": tf.function(lambda: tf.nn.embedding_lookup(table, ids)),
-            "fused forward": tf.function(lambda: layer(ids))}
-
-
-def sgd_steps(args, rows, rng):
-    """{variant: step}: the full table's raw SGD step and the fused layer's (Keras SGD)."""
+def plot_steps(args, rows, rng):
+    """{variant: callable} for the plot: forward and SGD step of the full table
+    (one table for both) and of the fused layer."""
     ids = tf.constant(rng.integers(0, rows, (args.batch, args.features)), tf.int64)
     target = tf.constant(rng.standard_normal((args.batch, args.features, args.dim)), tf.float32)
     table = tf.Variable(tf.random.uniform([rows, args.dim], -0.05, 0.05))
     k = max(args.k)
-    return {"full step (raw SGD)": raw_step("sgd", table, [], ids, target),
-            f"fused step (Keras SGD, k={k})": keras_step(
-                memrec_layer(args, k, "fused"), make_optimizer("sgd"), ids, target)}
+    layer = memrec_layer(args, k, "fused")
+    return {"full forward": tf.function(lambda: tf.nn.embedding_lookup(table, ids)),
+            "fused forward": tf.function(lambda: layer(ids)),
+            "full step (raw SGD)": raw_step("sgd", table, [], ids, target),
+            f"fused step (Keras SGD, k={k})": keras_step(layer, make_optimizer("sgd"), ids,
+                                                          target)}
 
 
 def plot(args, rng, path):
@@ -226,8 +227,7 @@ def plot(args, rng, path):
         return None
     series = {}
     for rows in args.plot_rows:
-        cases = forward_steps(args, rows, rng)
-        cases.update(sgd_steps(args, rows, rng))
+        cases = plot_steps(args, rows, rng)
         samples = interleaved_times(cases, args.rounds, args.repeats, warmup=2)
         for name, v in samples.items():
             series.setdefault(name, []).append(statistics.median(v))
@@ -275,17 +275,21 @@ def main(argv=None):
     parser.add_argument("--plot", help="also time forward and step against --plot-rows and "
                                        "write a PNG here (needs matplotlib)")
     parser.add_argument("--plot-rows", type=int, nargs="+",
-                        default=[1_000_000, 2_000_000, 5_000_000, 10_000_000])
+                        default=[1_000_000, 2_000_000, 5_000_000],
+                        help="full-table rows of the plot (10M passed 11 GiB after the smaller "
+                             "sizes in one process)")
     parser.add_argument("--plot-only", action="store_true",
                         help="only the --plot sweep (a fresh process: the table runs' memory "
                              "is not all returned)")
     parser.add_argument("--quick", action="store_true",
-                        help="1M rows, uniform ids, k=2, 3 rounds: a check in under a minute")
+                        help="1M rows, uniform ids, k=2, fused only, 3 rounds: a check in "
+                             "about a minute")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.distributions, args.k = [1_000_000], ["uniform"], [2]
+        args.implementations, args.sparse_variant = ["fused"], False
         args.rounds, args.repeats = 3, 1
         args.plot_rows = [1_000_000, 2_000_000]
     available, reason = memrec_tf.ops.is_available()
