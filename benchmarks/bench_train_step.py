@@ -18,7 +18,7 @@ optimizer, every variant is timed side by side (interleaved rounds, medians):
 
     python benchmarks/bench_train_step.py --rows 1000000    # ~5 minutes on 2 cores
     python benchmarks/bench_train_step.py --rows 10000000   # ~5 minutes, 11 GiB peak
-    python benchmarks/bench_train_step.py --quick           # 1M rows, uniform, about a minute
+    python benchmarks/bench_train_step.py --quick           # 1M rows, uniform, under a minute
     python benchmarks/bench_train_step.py --plot-only --plot benchmarks/results/train_step.png
 
 Not all of a case's memory comes back after it (the 10M cases after the 1M
@@ -283,7 +283,7 @@ def main(argv=None):
                              "is not all returned)")
     parser.add_argument("--quick", action="store_true",
                         help="1M rows, uniform ids, k=2, fused only, 3 rounds: a check in "
-                             "about a minute")
+                             "under a minute")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -314,7 +314,8 @@ def main(argv=None):
         for distribution in args.distributions:
             for name in args.optimizers:
                 steps = case_steps(args, rows, distribution, name, rng)
-                samples = interleaved_times(steps, args.rounds, args.repeats, warmup=2)
+                samples = interleaved_times(steps, args.rounds, args.repeats,
+                                            warmup=1 if args.quick else 2)
                 median = {v: statistics.median(s) for v, s in samples.items()}
                 results.append(dict(rows=rows, ids=distribution, optimizer=name,
                                     median_ms=median))
