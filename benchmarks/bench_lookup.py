@@ -20,6 +20,10 @@ full-table variant is timed (the ids are drawn from [0, full_rows) either way):
 
     python benchmarks/bench_lookup.py --m 1048576 \
         --variants "fused forward,fused forward bfloat16,fused forward int8"
+
+The fused op's gradients of the (small) MEM-REC tables are dense tensors by
+default (`memrec_tf.ops.gradient_format`); the "(sparse)" variant forces
+IndexedSlices, the form large tables get.
 """
 import argparse
 import importlib.util
@@ -98,15 +102,21 @@ def build_cases(args, wanted=None):
     def forward(lookup):
         return tf.function(lookup)
 
-    def forward_backward(lookup, variables):
+    def forward_backward(lookup, variables, gradient="auto"):
         @tf.function
         def step():
             with tf.GradientTape() as tape:
                 out = lookup()
                 loss = tf.reduce_sum(out * grad)
-            # IndexedSlices: materialise values and indices, as an optimizer would.
-            return [(g.values, g.indices) for g in tape.gradient(loss, variables)]
-        return step
+            # Materialise IndexedSlices' values and indices, as an optimizer
+            # would; small tables' fused gradients are dense tensors.
+            return [(g.values, g.indices) if isinstance(g, tf.IndexedSlices) else g
+                    for g in tape.gradient(loss, variables)]
+
+        def run():
+            with ops.gradient_format(gradient):  # read when step is traced
+                return step()
+        return run
 
     full_lookup = lambda: tf.nn.embedding_lookup(full, ids)  # noqa: E731
     # Reference, not a target: one row per id from a table of the token
@@ -128,6 +138,8 @@ def build_cases(args, wanted=None):
         "fused forward": forward(memrec("fused")),
         **stored,
         "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
+        "fused forward+backward (sparse)": forward_backward(memrec("fused"), [token, weight],
+                                                            gradient="sparse"),
         "core forward": forward(memrec("core")),
         "core forward+backward": forward_backward(memrec("core"), [token, weight]),
         **({"other core forward": forward(memrec("other")),
@@ -186,11 +198,11 @@ def main(argv=None):
           f"m={args.m}, {full}")
     print(f"# {cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; "
           f"median of {args.rounds} rounds x {args.repeats}")
-    print(f"| {'variant':<32} | {'median ms':>10} | {'min ms':>8} | {'max ms':>8} |")
-    print(f"|{'-' * 34}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
+    print(f"| {'variant':<33} | {'median ms':>10} | {'min ms':>8} | {'max ms':>8} |")
+    print(f"|{'-' * 35}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
     for name in cases:
         v = samples[name]
-        print(f"| {name:<32} | {median[name]:>10.2f} | {min(v):>8.2f} | {max(v):>8.2f} |")
+        print(f"| {name:<33} | {median[name]:>10.2f} | {min(v):>8.2f} | {max(v):>8.2f} |")
     pairs = {
         **{f"fused fwd float32 / {name} rows " + (
             f"(target >= {STORED_SPEEDUP_TARGET[name]})" if name in STORED_SPEEDUP_TARGET
@@ -199,6 +211,8 @@ def main(argv=None):
         "full fwd / fused fwd (target >= 3.4)": ("full-table forward", "fused forward"),
         "full fwd+bwd / fused fwd+bwd (target >= 2)":
             ("full-table forward+backward", "fused forward+backward"),
+        "fused fwd+bwd / fused fwd (target <= 2)":
+            ("fused forward+backward", "fused forward"),
         "core fwd / fused fwd (target <= 1.5)": ("core forward", "fused forward"),
         "core fwd+bwd / fused fwd+bwd (no target)":
             ("core forward+backward", "fused forward+backward"),

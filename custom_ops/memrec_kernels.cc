@@ -610,23 +610,32 @@ struct LookupFunctor<CPUDevice, T, Table> {
   }
 };
 
+namespace {
+
+// What the gradient kernels need of every id, from one pass over the ids:
+// its token and weight rows, the output row it pooled into, the factor of
+// each token slot (weight * bag scale * alpha_i), and d(loss)/d(alpha): the
+// output gradient dotted with its token rows.
 template <typename T>
-struct LookupGradFunctor<CPUDevice, T> {
-  Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a,
-                    const T* grad) {
-    using Acc = typename AccumulatorOf<T>::type;
+struct GradientEntries {
+  using Acc = typename AccumulatorOf<T>::type;
+  std::vector<int64_t> token_rows;   // [N * k]
+  std::vector<int64_t> weight_rows;  // [N * kw]
+  std::vector<int64_t> out_row;      // [N]
+  std::vector<Acc> slot_factor;      // [N * k]
+  std::vector<Acc> dots;             // [N * width], empty when kw = 0
+
+  void Compute(OpKernelContext* ctx, const LookupArgs<T>& a, const T* grad) {
     const Signature& s = a.signature;
     const int k = s.num_hashes, kw = s.num_weight_hashes;
     const int width = a.weight_width;
     const int64_t n_ids = a.num_ids, d = a.dim;
     const SaltKeys salts(a.signature);
-
-    // Per id: its token and weight rows, the output row it pooled into, the
-    // factor of each token slot (weight * bag scale * alpha_i), and
-    // d(loss)/d(alpha): the output gradient dotted with its token rows.
-    std::vector<int64_t> token_rows(n_ids * k), weight_rows(n_ids * kw);
-    std::vector<int64_t> out_row(n_ids);
-    std::vector<Acc> slot_factor(n_ids * k), dots(kw > 0 ? n_ids * width : 0);
+    token_rows.resize(n_ids * k);
+    weight_rows.resize(n_ids * kw);
+    out_row.resize(n_ids);
+    slot_factor.resize(n_ids * k);
+    dots.resize(kw > 0 ? n_ids * width : 0);
     // Output rows [begin, end) own the contiguous ids [lo(begin), hi(end-1)),
     // hashed kAhead ids ahead so that the token rows the dot products read
     // are prefetched (see the forward functor).
@@ -648,19 +657,19 @@ struct LookupGradFunctor<CPUDevice, T> {
         }
         const int64_t* rows = &token_rows[n * k];
         Alpha(s, a.weight_table, width, &weight_rows[n * kw], alpha);
-        const Acc coef =
+        const Acc id_coef =
             scale * (a.weights ? static_cast<Acc>(a.weights[n]) : Acc(1));
         out_row[n] = r;
         const T* g = grad + r * d;
         Acc total = Acc(0);
         for (int i = 0; i < k; ++i) {
-          slot_factor[n * k + i] = coef * alpha[a.per_hash ? i : 0];
+          slot_factor[n * k + i] = id_coef * alpha[a.per_hash ? i : 0];
           if (kw == 0) continue;
           const Acc dot = Dot<T, Acc>(g, a.token_table + rows[i] * d, d);
-          if (a.per_hash) dots[n * width + i] = coef * dot;
+          if (a.per_hash) dots[n * width + i] = id_coef * dot;
           total += dot;
         }
-        if (kw > 0 && !a.per_hash) dots[n] = coef * total;
+        if (kw > 0 && !a.per_hash) dots[n] = id_coef * total;
       });
     };
     const int64_t ids_per_row =
@@ -669,10 +678,20 @@ struct LookupGradFunctor<CPUDevice, T> {
                 ids_per_row *
                     (k * (d * kGradientColumnCost + kRowHashCost) + kIdCost),
                 per_id);
+  }
+};
 
-    TF_RETURN_IF_ERROR(TokenGradient(ctx, a, grad, token_rows, out_row,
-                                     slot_factor));
-    return WeightGradient(ctx, a, weight_rows, dots);
+}  // namespace
+
+template <typename T>
+struct LookupGradFunctor<CPUDevice, T> {
+  Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a,
+                    const T* grad) {
+    GradientEntries<T> e;
+    e.Compute(ctx, a, grad);
+    TF_RETURN_IF_ERROR(
+        TokenGradient(ctx, a, grad, e.token_rows, e.out_row, e.slot_factor));
+    return WeightGradient(ctx, a, e.weight_rows, e.dots);
   }
 
  private:
@@ -820,6 +839,103 @@ struct LookupGradFunctor<CPUDevice, T> {
   }
 };
 
+namespace {
+
+// The gradients of both tables as dense [m, d] and [m_w, width] tensors
+// (MemRecLookupGradDense, CPU only): no grouping of the slots by row. Each
+// part owns a range of token rows, scans every slot in ascending order and
+// adds those of its rows, scaled, straight into the output (the first one
+// stored, not added, so that the output need not be zeroed first), then
+// zeroes its rows that no slot touched. Sums run in the order of the sparse
+// kernel: ascending slot order within a row.
+template <typename T>
+struct LookupDenseGradFunctor {
+  using Acc = typename AccumulatorOf<T>::type;
+
+  Status operator()(OpKernelContext* ctx, const LookupArgs<T>& a, const T* grad,
+                    T* token_out, T* weight_out) {
+    GradientEntries<T> e;
+    e.Compute(ctx, a, grad);
+    const int k = a.signature.num_hashes, kw = a.signature.num_weight_hashes;
+    const int width = a.weight_width;
+    const int64_t m = a.signature.num_token_rows, d = a.dim;
+    const int64_t m_w = a.signature.num_weight_rows;
+    const int64_t slots = static_cast<int64_t>(e.token_rows.size());
+    // Half-precision tables sum in float scratch blocks, converted at the end.
+    Tensor token_scratch, weight_scratch;
+    Acc* sums = reinterpret_cast<Acc*>(token_out);
+    Acc* weight_sums = reinterpret_cast<Acc*>(weight_out);
+    if (!std::is_same<T, Acc>::value) {
+      const auto dtype = ::tensorflow::DataTypeToEnum<Acc>::value;
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(dtype, TensorShape({m * d}), &token_scratch));
+      TF_RETURN_IF_ERROR(
+          ctx->allocate_temp(dtype, TensorShape({m_w * width}), &weight_scratch));
+      sums = token_scratch.flat<Acc>().data();
+      weight_sums = weight_scratch.flat<Acc>().data();
+    }
+    std::vector<char> seen(m, 0);
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const int64_t parts = std::max(1, workers->NumThreads());
+    auto scatter = [&](int64_t p_begin, int64_t p_end) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
+        const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
+        for (int64_t i = 0; i < slots; ++i) {
+          // Rows are written in random order: fetch them ahead.
+          const int64_t i_ahead = i + kAhead * k;
+          if (i_ahead < slots) {
+            const int64_t ahead = e.token_rows[i_ahead];
+            if (ahead >= lo && ahead < hi) PrefetchRow(sums + ahead * d, d);
+          }
+          const int64_t row = e.token_rows[i];
+          if (row < lo || row >= hi) continue;
+          const T* g = grad + e.out_row[i / k] * d;
+          Acc* acc = sums + row * d;
+          const Acc f = e.slot_factor[i];
+          if (!seen[row]) {
+            seen[row] = 1;
+            for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
+          } else {
+            AddScaledRow(acc, g, f, d);
+          }
+        }
+        for (int64_t row = lo; row < hi; ++row) {
+          if (!seen[row]) std::fill(sums + row * d, sums + (row + 1) * d, Acc(0));
+        }
+      }
+    };
+    ParallelFor(ctx, parts, slots * (d * kColumnCost + kSlotScanCost) + m * d * kColumnCost,
+                scatter);
+    WeightScatter(e, kw, width, m_w, weight_sums);
+    if (!std::is_same<T, Acc>::value) {
+      auto convert = [&](const Acc* from, T* to, int64_t cols) {
+        return [=](int64_t begin, int64_t end) {
+          for (int64_t i = begin * cols; i < end * cols; ++i) to[i] = static_cast<T>(from[i]);
+        };
+      };
+      ParallelFor(ctx, m, d * kConvertCost, convert(sums, token_out, d));
+      ParallelFor(ctx, m_w, width * kConvertCost,
+                  convert(weight_sums, weight_out, width));
+    }
+    return ::tensorflow::OkStatus();
+  }
+
+ private:
+  // Sums each entry's dots into its weight row, in ascending entry order
+  // (the weight table is small: one thread, in cache).
+  static void WeightScatter(const GradientEntries<T>& e, int kw, int width, int64_t m_w,
+                            Acc* weight_sums) {
+    std::fill(weight_sums, weight_sums + m_w * width, Acc(0));
+    const int64_t entries = static_cast<int64_t>(e.weight_rows.size());
+    for (int64_t i = 0; i < entries; ++i) {
+      const Acc* dot = &e.dots[(i / kw) * width];
+      Acc* acc = weight_sums + e.weight_rows[i] * width;
+      for (int c = 0; c < width; ++c) acc[c] += dot[c];
+    }
+  }
+};
+
+}  // namespace
+
 template <>
 struct HashRowsFunctor<CPUDevice> {
   Status operator()(OpKernelContext* ctx, const Signature& s,
@@ -914,6 +1030,38 @@ class LookupGradOp : public OpKernel {
   LookupInputs<T> inputs_;
 };
 
+// MemRecLookupGradDense: CPU only (see LookupDenseGradFunctor).
+template <typename T>
+class LookupDenseGradOp : public OpKernel {
+ public:
+  explicit LookupDenseGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, inputs_.Read(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    LookupArgs<T> args;
+    OP_REQUIRES_OK(ctx, inputs_.Validate(ctx, 1, &args));
+    const Tensor& grad = ctx->input(0);
+    OP_REQUIRES(ctx,
+                grad.dims() == 2 && grad.dim_size(0) == args.num_rows &&
+                    grad.dim_size(1) == args.dim,
+                errors::InvalidArgument(
+                    "grad must have the forward output's shape [", args.num_rows,
+                    ", ", args.dim, "], got ", grad.shape().DebugString()));
+    Tensor* token_grad = nullptr;
+    Tensor* weight_grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(4).shape(), &token_grad));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(5).shape(), &weight_grad));
+    OP_REQUIRES_OK(ctx, LookupDenseGradFunctor<T>()(
+                            ctx, args, grad.flat<T>().data(),
+                            token_grad->flat<T>().data(),
+                            weight_grad->flat<T>().data()));
+  }
+
+ private:
+  LookupInputs<T> inputs_;
+};
+
 template <typename Device>
 class HashRowsOp : public OpKernel {
  public:
@@ -958,7 +1106,11 @@ class HashRowsOp : public OpKernel {
   REGISTER_KERNEL_BUILDER(Name("MemRecLookupGrad")                     \
                               .Device(DEVICE_CPU)                      \
                               .TypeConstraint<T>("T"),                 \
-                          LookupGradOp<CPUDevice, T>);
+                          LookupGradOp<CPUDevice, T>);         \
+  REGISTER_KERNEL_BUILDER(Name("MemRecLookupGradDense")                \
+                              .Device(DEVICE_CPU)                      \
+                              .TypeConstraint<T>("T"),                 \
+                          LookupDenseGradOp<T>);
 MEMREC_REGISTER_CPU(float);
 MEMREC_REGISTER_CPU(double);
 MEMREC_REGISTER_CPU(Eigen::half);

@@ -185,6 +185,41 @@ weight_values: [Uw, width] their gradients.
 The other inputs and attributes are those of the forward op.
 )doc") + kSignatureDoc);
 
+Status LookupDenseGradShape(InferenceContext* c) {
+  ShapeHandle unused, table, weight_table;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &unused));  // grad
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &table));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 2, &weight_table));
+  c->set_output(0, table);
+  c->set_output(1, weight_table);
+  return ::tensorflow::OkStatus();
+}
+
+REGISTER_OP("MemRecLookupGradDense")
+    .Input("grad: T")
+    .Input("ids: int64")
+    .Input("row_splits: int64")
+    .Input("weights: T")
+    .Input("token_table: T")
+    .Input("weight_table: T")
+    .Output("token_grad: T")
+    .Output("weight_grad: T")
+    .MEMREC_LOOKUP_ATTRS
+    .SetShapeFn(LookupDenseGradShape)
+    .Doc(std::string(R"doc(
+Gradient of MemRecLookup with respect to both tables, as dense tensors.
+
+The sums of MemRecLookupGrad, in the same order, written into table-shaped
+outputs (rows no id touched are zero). Cheaper than the sparse form when
+most rows of a small table are touched, and what optimizers that densify a
+sparse gradient (those of Keras 3) use as is. CPU kernel only.
+
+grad: the gradient of the output of MemRecLookup.
+token_grad: [m, d] the gradient of the token table.
+weight_grad: [m_w, width] the gradient of the weight table.
+The other inputs and attributes are those of the forward op.
+)doc") + kSignatureDoc);
+
 REGISTER_OP("MemRecHashRows")
     .Input("ids: int64")
     .Output("token_rows: int64")

@@ -19,7 +19,7 @@ float32 scale per row, or bfloat16) are read row by row, as
 """
 import tensorflow as tf
 
-from memrec_tf.ops import quantize
+from memrec_tf.ops import quantize, table_gradients
 from memrec_tf.ops import signature as sig_lib
 
 _HIGH_BITS = 32  # a row is (high 32 bits of h) * rows >> 32 when rows < 2^32
@@ -162,8 +162,11 @@ def in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def _unique_row_gradient(values, flat_rows, per_row):
-    """IndexedSlices of `per_row` [R, d] summed per row of `flat_rows` [R], ascending."""
+def _unique_row_gradient(values, flat_rows, per_row, dense=False):
+    """IndexedSlices of `per_row` [R, d] summed per row of `flat_rows` [R], ascending;
+    with `dense`, the same sums as a tensor shaped like `values`."""
+    if dense:
+        return tf.math.unsorted_segment_sum(per_row, flat_rows, tf.shape(values)[0])
     # Sorting first lets the (several times faster) sorted segment sum add
     # each row's contributions, and leaves the rows ascending.
     order = tf.argsort(flat_rows, stable=True)
@@ -172,7 +175,7 @@ def _unique_row_gradient(values, flat_rows, per_row):
     return tf.IndexedSlices(summed, unique, tf.shape(values, out_type=tf.int64))
 
 
-def gather_rows(table, rows):
+def gather_rows(table, rows, dense=False):
     """tf.gather(table, rows) whose gradient holds each row once, rows ascending.
 
     tf.gather's own gradient has one entry per gathered row, duplicates
@@ -189,13 +192,13 @@ def gather_rows(table, rows):
         def grad(upstream):
             flat = tf.reshape(rows, [-1])
             per_row = tf.reshape(upstream, tf.stack([tf.size(flat), tf.shape(values)[1]]))
-            return _unique_row_gradient(values, flat, per_row)
+            return _unique_row_gradient(values, flat, per_row, dense)
         return tf.gather(values, rows), grad
 
     return gather(table)
 
 
-def gather_columns(table, columns):
+def gather_columns(table, columns, dense=False):
     """[tf.gather(table, c) for c in columns], one gradient with each row once.
 
     The blocks of all columns share one gradient to `table`: IndexedSlices
@@ -219,7 +222,7 @@ def gather_columns(table, columns):
         def grad(*upstream):
             per_row = tf.concat([tf.zeros_like(b) if u is None else tf.convert_to_tensor(u)
                                  for u, b in zip(upstream, blocks)], axis=0)
-            return _unique_row_gradient(values, tf.concat(columns, axis=0), per_row)
+            return _unique_row_gradient(values, tf.concat(columns, axis=0), per_row, dense)
         return blocks, grad
 
     return gather(table)
@@ -294,9 +297,10 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
            combiner="sum", weight_mode="scalar", token_scales=None):
     """The MemRecLookup op written with built-in ops (same arguments).
 
-    Gradients flow to both tables as IndexedSlices with each row once, rows
-    ascending, as the fused op's (`gather_columns`); per-id weights are
-    treated as constants, as in the fused op.
+    Gradients flow to both tables as the fused op's do: dense, or
+    IndexedSlices with each row once, rows ascending, as
+    `table_gradients.use_dense` chooses (`gather_columns`); per-id weights
+    are treated as constants, as in the fused op.
 
     A token table stored for serving is read as `quantize.dequantize_rows`
     reads it, accumulated in float32, and the output is float32:
@@ -329,13 +333,15 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
                                            int(weight_table.shape[0]))
     k, kw = signature.num_hashes, signature.num_weight_hashes
     n = tf.size(ids)
+    dense = table_gradients.use_dense(token_table, weight_table)
     w = _id_weights(weights, n, compute)
 
     # The factor of each hash's row, per id: w * alpha_i (alpha_0 in scalar mode).
     per_hash = weight_mode == "per_hash"
     if kw > 0:
         wtable = tf.cast(weight_table, compute)
-        alpha = tf.add_n(gather_columns(wtable, tf.unstack(weight_rows, kw)))  # [N, width]
+        alpha = tf.add_n(gather_columns(wtable, tf.unstack(weight_rows, kw),
+                                        dense))  # [N, width]
         if per_hash:
             factors = [_times(w, a) for a in tf.unstack(alpha, k, axis=1)]
         else:
@@ -350,7 +356,7 @@ def lookup(ids, row_splits, weights, token_table, weight_table, signature,
             scales = tf.cast(token_scales, tf.float32)
             factors = [_times(f, tf.gather(scales, c)) for f, c in zip(factors, columns)]
     else:
-        blocks = gather_columns(table, columns)
+        blocks = gather_columns(table, columns, dense)
     # Every row is scaled by its factor before it is added, as the fused op
     # accumulates: scaling the sum instead would overflow to inf where the
     # fused op's sum of scaled rows does not.

@@ -15,6 +15,7 @@ import threading
 
 import tensorflow as tf
 
+from memrec_tf.ops import table_gradients
 from memrec_tf.ops import signature as sig_lib
 
 # The library lives in the package folder, beside memrec_tf/__init__.py.
@@ -297,10 +298,14 @@ def hash_rows(ids, signature, num_token_rows, num_weight_rows, name=None):
 def _lookup_grad(op, grad):
     ids, row_splits, weights, token_table, weight_table = op.inputs
     signature = sig_lib.Signature.from_op(op)
+    attrs = dict(combiner=op.get_attr("combiner").decode(),
+                 weight_mode=op.get_attr("weight_mode").decode(), **signature.op_attrs())
+    if table_gradients.use_dense(token_table, weight_table):
+        token_grad, weight_grad = load_library().mem_rec_lookup_grad_dense(
+            grad, ids, row_splits, weights, token_table, weight_table, **attrs)
+        return [None, None, None, token_grad, weight_grad]
     rows, values, weight_rows, weight_values = load_library().mem_rec_lookup_grad(
-        grad, ids, row_splits, weights, token_table, weight_table,
-        combiner=op.get_attr("combiner").decode(), weight_mode=op.get_attr("weight_mode").decode(),
-        **signature.op_attrs())
+        grad, ids, row_splits, weights, token_table, weight_table, **attrs)
     token_grad = tf.IndexedSlices(values, rows, tf.shape(token_table, out_type=tf.int64))
     weight_grad = tf.IndexedSlices(weight_values, weight_rows,
                                    tf.shape(weight_table, out_type=tf.int64))
@@ -329,3 +334,4 @@ for _op_type, _gradient in (("MemRecLookup", _lookup_grad),
         pass
 tf.no_gradient("MemRecHashRows")
 tf.no_gradient("MemRecLookupGrad")
+tf.no_gradient("MemRecLookupGradDense")
