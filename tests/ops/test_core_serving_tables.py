@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import reference
+from memrec_tf import ops
 from memrec_tf.ops import core, quantize
 from memrec_tf.ops.signature import Signature
 
@@ -130,7 +131,7 @@ def test_weight_table_still_takes_its_gradient(rng, table_dtype):
     rounded = quantize.round_trip(c["table"], table_dtype)
     grads = []
     for table, table_scales in ((values, scales), (rounded, None)):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, ops.gradient_format("sparse"):
             tape.watch(c["wtable"])
             loss = tf.reduce_sum(_lookup(c, table, table_scales) ** 2)
         grads.append(tape.gradient(loss, c["wtable"]))

@@ -114,7 +114,7 @@ def test_export_restores_layer_implementation(ctr, exports):
 
 
 def test_export_restores_implementation_on_error(ctr, tmp_path, monkeypatch):
-    def fail(model, path, specs):
+    def fail(model, path, specs, **options):
         assert model.get_layer("emb").implementation == "core"
         raise RuntimeError("disk full")
 
@@ -513,7 +513,7 @@ def test_failure_midway_keeps_the_old_model(ctr, batch, expected, tmp_path, monk
     before = _tree(path)
     real_write = export_lib.writing.write_saved_model
 
-    def write_then_fail(model, staged, specs):
+    def write_then_fail(model, staged, specs, **options):
         real_write(model, staged, specs)  # a complete model in the scratch dir ...
         with open(os.path.join(staged, "saved_model.pb"), "wb") as f:
             f.write(b"half")  # ... then a torn write
