@@ -4,14 +4,21 @@ Given the categorical features (per-feature cardinalities, or a total
 vocabulary V for a global dense-index space), the width d and a budget in
 bytes (or a compression factor c, meaning full bytes / c), each function here
 returns the largest configuration of one method whose tables, all of them
-counted, fit the budget. The options plug into `memrec_tf.models.build_model(...,
+counted, fit the budget. The budget is in served bytes: with
+table_dtype="int8" (or "bfloat16") a method's token table (MEM-REC) or
+tables (full, hashing, QR) are counted as stored in that format
+(`memrec_tf.ops.quantize.row_bytes`), so more rows fit; MEM-REC's weight
+table is counted in float32. The full bytes, and so a compression factor,
+are always those of float32 full tables. The options plug into `memrec_tf.models.build_model(...,
 embedding=config.method, embedding_options=config.options)`.
 """
 import dataclasses
 import math
 
 from memrec_tf import features
-from memrec_tf.sizing.tables import full_table_bytes, memrec_bytes, weight_width
+from memrec_tf.ops import quantize
+from memrec_tf.sizing.tables import (WEIGHT_TABLE_DTYPE, full_table_bytes, memrec_bytes,
+                                     weight_width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,14 +29,16 @@ class BudgetConfig:
       method: the embedding method ("memrec", "memrec_per_feature", "full",
         "hashing" or "qr").
       options: its embedding options (the layer's arguments).
-      bytes: bytes of all its tables.
-      full_bytes: bytes of the full tables it replaces.
+      bytes: served bytes of all its tables.
+      full_bytes: bytes of the float32 full tables it replaces.
+      table_dtype: the format its (token) tables are counted in.
     """
 
     method: str
     options: dict
     bytes: int
     full_bytes: int
+    table_dtype: str = "float32"
 
     @property
     def ratio(self):
@@ -65,10 +74,10 @@ def budget_bytes(full_bytes, budget=None, compression=None):
 
 
 def _memrec_rows(budget, output_dim, weight_fraction, num_hashes, num_weight_hashes,
-                 weight_mode, num_head_rows, itemsize):
+                 weight_mode, num_head_rows, table_dtype):
     """(m, m_w) of one MEM-REC layer within `budget` bytes, or None if it cannot fit."""
-    token_row = output_dim * itemsize
-    weight_row = weight_width(num_hashes, weight_mode) * itemsize
+    token_row = quantize.row_bytes(output_dim, table_dtype)
+    weight_row = quantize.row_bytes(weight_width(num_hashes, weight_mode), WEIGHT_TABLE_DTYPE)
     min_token, min_weight = num_head_rows + num_hashes, max(1, num_weight_hashes)
     spare = budget - min_token * token_row
     if spare < min_weight * weight_row:
@@ -90,8 +99,10 @@ def _check_memrec_args(weight_fraction, weight_mode):
 
 def memrec_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
                   compression=None, weight_fraction=0.125, num_hashes=2, num_weight_hashes=1,
-                  weight_mode="scalar", num_head_rows=0, itemsize=4):
+                  weight_mode="scalar", num_head_rows=0, table_dtype="float32"):
     """Shared MEM-REC: m and m_w with the weight table about weight_fraction of the bytes.
+
+    The token table is counted as served in `table_dtype`.
 
     Returns:
       A `BudgetConfig` with options num_token_rows, num_weight_rows,
@@ -102,20 +113,21 @@ def memrec_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None
         rows k_w needs.
     """
     _check_memrec_args(weight_fraction, weight_mode)
-    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    table_dtype = quantize.check_table_dtype(table_dtype)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim)
     budget = budget_bytes(full, budget, compression)
     rows = _memrec_rows(budget, output_dim, weight_fraction, num_hashes, num_weight_hashes,
-                        weight_mode, num_head_rows, itemsize)
+                        weight_mode, num_head_rows, table_dtype)
     if rows is None:
         raise ValueError(f"a budget of {budget} bytes cannot hold a MEM-REC layer with "
                          f"d={output_dim}, k={num_hashes}, k_w={num_weight_hashes}, "
-                         f"num_head_rows={num_head_rows}")
+                         f"num_head_rows={num_head_rows}, token table as {table_dtype}")
     options = dict(num_token_rows=rows[0], num_weight_rows=rows[1], num_hashes=num_hashes,
                    num_weight_hashes=num_weight_hashes, weight_mode=weight_mode)
     if num_head_rows:
         options["num_head_rows"] = num_head_rows
-    used = memrec_bytes(rows[0], rows[1], output_dim, num_hashes, weight_mode, itemsize)
-    return BudgetConfig("memrec", options, used, full)
+    used = memrec_bytes(rows[0], rows[1], output_dim, num_hashes, weight_mode, table_dtype)
+    return BudgetConfig("memrec", options, used, full, table_dtype)
 
 
 def _split(total, minimums, shares):
@@ -127,7 +139,8 @@ def _split(total, minimums, shares):
 
 def memrec_per_feature_config(output_dim, cardinalities, vocabulary_size=0, budget=None,
                               compression=None, weight_fraction=0.125, num_hashes=2,
-                              num_weight_hashes=1, weight_mode="scalar", itemsize=4):
+                              num_weight_hashes=1, weight_mode="scalar",
+                              table_dtype="float32"):
     """MEM-REC tables per feature, the budget split in proportion to cardinality.
 
     Every feature first gets the least a MEM-REC layer needs (k token rows and
@@ -142,11 +155,12 @@ def memrec_per_feature_config(output_dim, cardinalities, vocabulary_size=0, budg
       ValueError: the budget is below the least every feature needs.
     """
     _check_memrec_args(weight_fraction, weight_mode)
+    table_dtype = quantize.check_table_dtype(table_dtype)
     cards = list(cardinalities)
-    full = full_table_bytes(cards, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cards, vocabulary_size, output_dim)
     budget = budget_bytes(full, budget, compression)
     least = memrec_bytes(num_hashes, max(1, num_weight_hashes), output_dim, num_hashes,
-                          weight_mode, itemsize)
+                         weight_mode, table_dtype)
     if least * len(cards) > budget:
         raise ValueError(f"a budget of {budget} bytes is below {least * len(cards)}, the least "
                          f"{len(cards)} per-feature MEM-REC layers need")
@@ -154,31 +168,33 @@ def memrec_per_feature_config(output_dim, cardinalities, vocabulary_size=0, budg
     token_rows, weight_rows = [], []
     for share in shares:
         m, m_w = _memrec_rows(share, output_dim, weight_fraction, num_hashes,
-                              num_weight_hashes, weight_mode, 0, itemsize)
+                              num_weight_hashes, weight_mode, 0, table_dtype)
         token_rows.append(m)
         weight_rows.append(m_w)
-    used = sum(memrec_bytes(m, m_w, output_dim, num_hashes, weight_mode, itemsize)
+    used = sum(memrec_bytes(m, m_w, output_dim, num_hashes, weight_mode, table_dtype)
                for m, m_w in zip(token_rows, weight_rows))
     options = dict(num_token_rows=token_rows, num_weight_rows=weight_rows,
                    num_hashes=num_hashes, num_weight_hashes=num_weight_hashes,
                    weight_mode=weight_mode)
-    return BudgetConfig("memrec_per_feature", options, used, full)
+    return BudgetConfig("memrec_per_feature", options, used, full, table_dtype)
 
 
 def hashing_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
-                   compression=None, itemsize=4):
-    """The hashing trick: R rows, at most the size of the index space.
+                   compression=None, table_dtype="float32"):
+    """The hashing trick: R rows (served as `table_dtype`), at most the size of
+    the index space.
 
     Raises:
       ValueError: the budget is below one row.
     """
-    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    table_dtype = quantize.check_table_dtype(table_dtype)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim)
     budget = budget_bytes(full, budget, compression)
-    row = output_dim * itemsize
+    row = quantize.row_bytes(output_dim, table_dtype)
     rows = min(budget // row, features.full_rows(cardinalities or (), vocabulary_size))
     if rows < 1:
         raise ValueError(f"a budget of {budget} bytes is below one row of {row} bytes")
-    return BudgetConfig("hashing", dict(num_rows=rows), rows * row, full)
+    return BudgetConfig("hashing", dict(num_rows=rows), rows * row, full, table_dtype)
 
 
 def qr_least_rows(num_values):
@@ -209,12 +225,13 @@ def qr_rows(num_values, max_rows):
 
 
 def qr_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
-              compression=None, per_feature=False, combine="product", itemsize=4):
+              compression=None, per_feature=False, combine="product", table_dtype="float32"):
     """Quotient-remainder: R and Q with R * Q >= V and R + Q rows in the budget.
 
     Shared: one pair covering the whole index space (V, or the sum of
     cardinalities). Per feature: a pair per feature, each first given the
     fewest rows that cover its cardinality, the rest split by cardinality.
+    Both tables are counted as served in `table_dtype`.
 
     Raises:
       ValueError: the budget is below the fewest rows that cover the space(s).
@@ -222,9 +239,10 @@ def qr_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
     if per_feature and (vocabulary_size or not cardinalities):
         raise ValueError("per-feature QR needs per-feature cardinalities, not a global "
                          f"vocabulary_size={vocabulary_size!r}")
-    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    table_dtype = quantize.check_table_dtype(table_dtype)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim)
     budget = budget_bytes(full, budget, compression)
-    row = output_dim * itemsize
+    row = quantize.row_bytes(output_dim, table_dtype)
     max_rows = budget // row
     spaces = (list(cardinalities) if per_feature
               else [features.full_rows(cardinalities or (), vocabulary_size)])
@@ -238,43 +256,50 @@ def qr_config(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
     options = dict(remainder_rows=rem if per_feature else rem[0],
                    quotient_rows=quo if per_feature else quo[0],
                    per_feature=per_feature, combine=combine)
-    return BudgetConfig("qr", options, (sum(rem) + sum(quo)) * row, full)
+    return BudgetConfig("qr", options, (sum(rem) + sum(quo)) * row, full, table_dtype)
 
 
-def full_config(output_dim, cardinalities=None, vocabulary_size=0, itemsize=4):
-    """The full tables (no options): the baseline every ratio is against."""
-    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
-    return BudgetConfig("full", {}, full, full)
+def full_config(output_dim, cardinalities=None, vocabulary_size=0, table_dtype="float32"):
+    """The full tables (no options), served as `table_dtype`; full_bytes are
+    the float32 full tables every ratio is against."""
+    table_dtype = quantize.check_table_dtype(table_dtype)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim)
+    served = full_table_bytes(cardinalities, vocabulary_size, output_dim, table_dtype)
+    return BudgetConfig("full", {}, served, full, table_dtype)
 
 
 def budget_configs(output_dim, cardinalities=None, vocabulary_size=0, budget=None,
                    compression=None, weight_fraction=0.125, num_hashes=2,
-                   num_weight_hashes=1, weight_mode="scalar", itemsize=4):
-    """Every method sized to one budget: {method: BudgetConfig}.
+                   num_weight_hashes=1, weight_mode="scalar", table_dtype="float32"):
+    """Every method sized to one budget of served bytes: {method: BudgetConfig}.
+
+    Every method's tables are counted as served in `table_dtype` (MEM-REC's
+    weight table in float32).
 
     A method that cannot fit (the full tables, usually; QR below 2 sqrt(V)
     rows) is left out, as is memrec_per_feature without per-feature
     cardinalities.
     """
-    full = full_table_bytes(cardinalities, vocabulary_size, output_dim, itemsize)
+    full = full_table_bytes(cardinalities, vocabulary_size, output_dim)
     budget = budget_bytes(full, budget, compression)
     memrec_args = dict(weight_fraction=weight_fraction, num_hashes=num_hashes,
                        num_weight_hashes=num_weight_hashes, weight_mode=weight_mode,
-                       itemsize=itemsize)
+                       table_dtype=table_dtype)
     makers = {
         "memrec": lambda: memrec_config(output_dim, cardinalities, vocabulary_size, budget,
                                         **memrec_args),
         "hashing": lambda: hashing_config(output_dim, cardinalities, vocabulary_size, budget,
-                                          itemsize=itemsize),
+                                          table_dtype=table_dtype),
         "qr": lambda: qr_config(output_dim, cardinalities, vocabulary_size, budget,
-                                itemsize=itemsize),
+                                table_dtype=table_dtype),
     }
     if cardinalities:
         makers["memrec_per_feature"] = lambda: memrec_per_feature_config(
             output_dim, cardinalities, vocabulary_size, budget, **memrec_args)
     configs = {}
-    if full <= budget:
-        configs["full"] = full_config(output_dim, cardinalities, vocabulary_size, itemsize)
+    served_full = full_config(output_dim, cardinalities, vocabulary_size, table_dtype)
+    if served_full.bytes <= budget:
+        configs["full"] = served_full
     for method, make in makers.items():
         try:
             configs[method] = make()
