@@ -96,7 +96,8 @@ PROTOCOL = dict(model="dlrm", embedding_dim=16, top_mlp=[64, 32], optimizer="ada
                 index="global dense index, relabelled by train frequency")
 # --quick: what run_all.py --quick runs (see its docstring).
 QUICK = dict(datasets="criteo,frappe", seeds=1, budgets="16,64", frappe_fraction=0.3,
-             methods="full,hashing,qr,memrec-paper-k2,memrec-vocab,memrec-vocab-head")
+             methods="full,hashing,qr,memrec-paper-k2,memrec-paper-k2-int8,memrec-vocab,"
+                     "memrec-vocab-head")
 
 
 def load(name, frappe_fraction=1.0):
@@ -517,7 +518,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per cell (default 5; 3 for criteo)")
     p.add_argument("--budgets", default="4,16,64,256", help="compression factors of full")
-    p.add_argument("--methods", default=",".join(common.METHODS))
+    p.add_argument("--methods", default=None,
+                   help="comma list (default: every method; with --report-only, every "
+                        "method of --out)")
     p.add_argument("--quick", action="store_true",
                    help=f"a small check: {QUICK['datasets']}, {QUICK['seeds']} seed, budgets "
                         f"{QUICK['budgets']}, Frappe train cut to {QUICK['frappe_fraction'] * 100:.0f}%%, "
@@ -553,7 +556,7 @@ def main(argv=None):
             PROTOCOL.update(head_fraction=args.head_fraction)
     datasets = [d for d in args.datasets.split(",") if d]
     budgets = [int(b) for b in args.budgets.split(",") if b]
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in (args.methods or ",".join(common.METHODS)).split(",") if m]
     for m in methods:
         if m not in common.METHODS:
             p.error(f"unknown method {m!r}; have {', '.join(common.METHODS)}")
@@ -561,6 +564,8 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
 
     results = load_results(args.out)
+    if args.methods is None and args.report_only:
+        methods = [m for m in common.METHODS if any(r["method"] == m for r in results["runs"])]
     if results.get("protocol") != PROTOCOL and not args.report_only:
         moved = args.out.replace(".json", ".other_protocol.json")
         print(f"[warn] {args.out} was written under another protocol: moved to {moved}, "
