@@ -224,7 +224,7 @@ def rounding_costs(runs):
         diffs = [r.get("test_auc_float32", r["test_auc"]) - r["rounded"][name]["test"]
                  for r in runs if name in r.get("rounded", {})]
         if diffs:
-            out[name] = _stats(diffs)
+            out[name] = _stats(diffs) + (max(diffs),)
     return out
 
 
@@ -296,7 +296,8 @@ def table(cells, dataset, budgets, methods, regime="vocabulary", full_bytes=None
 def rounding_table(cells, dataset, budgets, methods):
     """Test AUC lost by rounding each trained model's tables, per format."""
     out = [f"#### {dataset}: rounding cost (test AUC as trained in float32 minus with its "
-           "tables rounded; mean over seeds; int8+W: the weight table rounded to int8 too)",
+           "tables rounded; mean over seeds, and the largest single run; int8+W: MEM-REC's "
+           "weight table rounded to int8 too)",
            "", "| method | budget | bfloat16 | int8 | int8+W |", "|---|---|---|---|---|"]
     for m in methods:
         for b in ([1] if m in common.FULL_METHODS else budgets):
@@ -305,7 +306,7 @@ def rounding_table(cells, dataset, budgets, methods):
                 continue
             r = c["rounding"]
             out.append(f"| {m} | {'full' if b == 1 else f'/{b}'} | "
-                       + " | ".join(f"{r[k][0]:+.4f}" if k in r else "-"
+                       + " | ".join(f"{r[k][0]:+.5f} (max {r[k][3]:+.5f})" if k in r else "-"
                                     for k in ("bfloat16", "int8", "int8+W")) + " |")
     return "\n".join(out)
 

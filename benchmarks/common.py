@@ -29,8 +29,10 @@ METHODS = ("full", "full-int8", "hashing", "qr", "memrec-paper-k2", "memrec-pape
            "memrec-vocab-head", "hashing-int8")
 # One cell each (budget 1): the full tables, whatever they take.
 FULL_METHODS = ("full", "full-int8")
-MEMREC_VARIANTS = ("memrec-paper-k2", "memrec-paper-k3", "memrec-vocab", "memrec-vocab-noW",
-                   "memrec-vocab-perhash", "memrec-vocab-head")
+MEMREC_VARIANTS = ("memrec-paper-k2", "memrec-paper-k3", "memrec-paper-k2-bf16",
+                   "memrec-paper-k3-bf16", "memrec-paper-k2-int8", "memrec-paper-k3-int8",
+                   "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
+                   "memrec-vocab-head")
 # Methods that read the dense frequency index: with raw ids they need the
 # id -> index mapping, which the raw-ids regime counts in their bytes.
 DENSE_INDEX_METHODS = ("full", "qr", "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
