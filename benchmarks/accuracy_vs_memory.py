@@ -404,19 +404,24 @@ def served_targets(summaries, budgets):
                      f"served {best['pick']} {best['test'][0]:.4f} vs full float32 "
                      f"{full['test'][0]:.4f}; diff {gap:+.4f} (need >= "
                      f"{-RAW_FULL_GAP_TARGET:+.4f})")
-    # (g) /4../64: the best configuration at least as good as every other (within 0.001).
+    # (g) /4../64: the best configuration at least as good as every other method
+    # (within 0.001); the paper's MEM-REC in each format is one method, its k
+    # picked by validation AUC.
+    paper_runs = {m: pick for pick, ks in PAPER_PICKS.items() for m in ks}
     for ds, cells in summaries.items():
         for b in [b for b in budgets if b <= 64]:
             best = cells.get(("best served", b))
+            family = paper_runs.get((best or {}).get("pick"), (best or {}).get("pick"))
             others = [(m, c["test"][0]) for (m, bb), c in cells.items()
-                      if bb == b and "pick" not in c and m != (best or {}).get("pick")]
+                      if bb == b and m not in paper_runs and m != family
+                      and (m in PAPER_PICKS or m in common.METHODS)]
             if best is None or not others:
                 lines.append(f"(g) {ds} /{b}: not tested")
                 continue
             om, ov = max(others, key=lambda x: x[1])
             ok = best["test"][0] >= ov - BEST_MARGIN
             lines.append(f"(g) {'PASS' if ok else 'MISS'} {ds} /{b}: best served (by val) "
-                         f"{best['pick']} {best['test'][0]:.4f} vs best other by test {om} "
+                         f"{best['pick']} {best['test'][0]:.4f} vs the best other method {om} "
                          f"{ov:.4f}; diff {best['test'][0] - ov:+.4f} (need >= "
                          f"{-BEST_MARGIN:+.4f})")
     return lines
