@@ -475,13 +475,16 @@ def report(results, datasets, budgets, methods, out_dir, stem="accuracy"):
     for ds in datasets:
         if not any(r["dataset"] == ds for r in results["runs"]):
             continue
-        cells = summarize(results["runs"], ds, budgets, methods)
+        # The methods run on this data set (another may have run more).
+        ran = [m for m in methods
+               if any(r["dataset"] == ds and r["method"] == m for r in results["runs"])]
+        cells = summarize(results["runs"], ds, budgets, ran)
         summaries[ds] = cells
         info = results["datasets"].get(ds, {})
-        text.append(table(cells, ds, budgets, methods, regime, info.get("full_bytes")))
+        text.append(table(cells, ds, budgets, ran, regime, info.get("full_bytes")))
         text.append("")
-        text.append(rounding_table(cells, ds, budgets, methods))
-        png = plot(cells, ds, budgets, methods, os.path.join(out_dir, f"{stem}_{ds}.png"),
+        text.append(rounding_table(cells, ds, budgets, ran))
+        png = plot(cells, ds, budgets, ran, os.path.join(out_dir, f"{stem}_{ds}.png"),
                    info.get("full_bytes"))
         if png:
             text.append(f"\nplot: {os.path.relpath(png)}")
