@@ -10,8 +10,27 @@ frequency (index 0 = the most frequent value of the training split, over all
 features; the loaders order values by frequency only within each column, and
 Frappe keeps its libFM order).
 
+Two regimes (--regime):
+  raw         the model receives raw ids (the default): a method that reads
+              the dense frequency index (full, qr, memrec-vocab*) needs the
+              id -> index mapping in the model, and its bytes count it
+              (sizing.vocabulary_mapping_bytes of the values seen in
+              training); hashing and memrec-paper hash the ids and need none.
+  vocabulary  the mapping is common to all methods and not counted (the
+              vocabulary-layer regime; results/accuracy.json).
+
+Budgets are in served bytes, against the float32 full tables (compression
+against float32 full tables): a method suffixed -bf16 or -int8 is trained in
+float32 at the rows that fit the budget with its (token) tables stored as
+bfloat16 or int8 with a float32 scale per row (memrec_tf.ops.quantize), and
+evaluated as served, its tables replaced by quantize.round_trip (what the
+serving op reads). Every run also records the AUC of its model with its
+tables rounded to each format ("rounded"), so the rounding cost is measured
+for every method, and its float32 AUC (test_auc_float32).
+
 Methods (bytes count every table: token + weight tables, both QR tables):
   full                  one table of V rows (budget = full)
+  full-int8             the same, served as int8 (V x (d + 4) bytes)
   hashing               hashing trick, R rows
   qr                    shared quotient-remainder, product combination
   memrec-paper-k{2,3}   random (feature-salted) hashes of the ids, scalar
@@ -23,10 +42,16 @@ Methods (bytes count every table: token + weight tables, both QR tables):
   memrec-vocab-perhash  per-hash weights (W is [m_w, k]), 1/8 of the bytes
   memrec-vocab-head     memrec-vocab with a quarter of the token rows as head
                         rows: the H most frequent values own a row each
+  memrec-paper-k{2,3}-{bf16,int8}  the paper's MEM-REC, token table served as
+                        bfloat16 / int8 (weight table in float32); "memrec-paper-bf16"
+                        and "memrec-paper-int8" = the better k by validation AUC
   "memrec_tf best"      per budget, the MEM-REC variant with the best mean
                         validation AUC (its test AUC is reported)
+  "best served"         (raw regime) per budget, the method with the best mean
+                        validation AUC as served
 
-    python benchmarks/accuracy_vs_memory.py                      # full grid
+    python benchmarks/accuracy_vs_memory.py                      # full grid, raw ids
+    python benchmarks/accuracy_vs_memory.py --regime vocabulary  # mapping not counted
     python benchmarks/accuracy_vs_memory.py --quick              # see --quick below
     python benchmarks/accuracy_vs_memory.py --datasets frappe --seeds 5 --budgets 4,16
 
@@ -49,8 +74,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 DATASETS = ("frappe", "movielens", "criteo")
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                           "accuracy.json")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REGIMES = ("raw", "vocabulary")
+DEFAULT_OUT = {"raw": os.path.join(RESULTS, "accuracy_served.json"),
+               "vocabulary": os.path.join(RESULTS, "accuracy.json")}
+RAW_REGIME = "raw ids: the id -> index mapping of a dense-index method counted in its bytes"
+# Picks of the better k (by validation AUC) of the paper's MEM-REC, per format.
+PAPER_PICKS = {"memrec-paper": ("memrec-paper-k2", "memrec-paper-k3"),
+               "memrec-paper-bf16": ("memrec-paper-k2-bf16", "memrec-paper-k3-bf16"),
+               "memrec-paper-int8": ("memrec-paper-k2-int8", "memrec-paper-k3-int8")}
+ROUNDING_TARGET = 0.001
+RAW_FULL_GAP_TARGET = 0.01
+BEST_MARGIN = 0.001
 # Batch size chosen once on the Frappe validation split (full model, seed 0; see
 # results/batch_choice.json): 1024 was still improving at epoch 10 (val AUC 0.9389),
 # 256 reached 0.9537, 128 0.9549, 64 0.9542; 256 is within 0.0012 of the best at half the
@@ -61,7 +96,8 @@ PROTOCOL = dict(model="dlrm", embedding_dim=16, top_mlp=[64, 32], optimizer="ada
                 index="global dense index, relabelled by train frequency")
 # --quick: what run_all.py --quick runs (see its docstring).
 QUICK = dict(datasets="criteo,frappe", seeds=1, budgets="16,64", frappe_fraction=0.3,
-             methods="full,hashing,qr,memrec-paper-k2,memrec-vocab,memrec-vocab-head")
+             methods="full,hashing,qr,memrec-paper-k2,memrec-paper-k2-int8,memrec-vocab,"
+                     "memrec-vocab-head")
 
 
 def load(name, frappe_fraction=1.0):
@@ -94,8 +130,14 @@ def load(name, frappe_fraction=1.0):
         assert idx.min() >= 0 and idx.max() < V, (name, s)
         out[s] = {"dense": np.asarray(arr["dense"], np.float32), "index": rank[idx],
                   "label": np.asarray(arr["label"], np.float32)}
+    # The id -> index mapping a model reading raw ids needs: the values seen in
+    # training, per feature, and an out-of-vocabulary index per feature.
+    train_index = out["train"]["index"]
+    seen = [int(np.unique(train_index[:, j]).size) + 1 for j in range(train_index.shape[1])]
+    from memrec_tf import sizing
     return {"name": name, "num_dense": int(out["train"]["dense"].shape[1]),
             "cardinalities": [int(c) for c in d.spec.cardinalities], "vocabulary_size": V,
+            "mapping_bytes": sizing.vocabulary_mapping_bytes(seen),
             "splits": out, "rows": {s: int(len(v["label"])) for s, v in out.items()}}
 
 
@@ -112,12 +154,10 @@ def load_results(path):
 
 
 def grid(methods, budgets):
-    cells = []
-    if "full" in methods:
-        cells.append(("full", 1))
+    cells = [(m, 1) for m in common.FULL_METHODS if m in methods]
     for b in budgets:
         for m in methods:
-            if m != "full":
+            if m not in common.FULL_METHODS:
                 cells.append((m, b))
     return cells
 
@@ -141,7 +181,8 @@ def summarize(runs, dataset, budgets, methods=None):
         present.setdefault(int(r["budget"]), {}).setdefault(r["method"], set()).add(r["seed"])
     complete = {}
     for b, ms in present.items():
-        expected = ["full"] if b == 1 else [m for m in (methods or ms) if m != "full"]
+        expected = ([m for m in common.FULL_METHODS if m in ms] if b == 1 else
+                    [m for m in (methods or ms) if m not in common.FULL_METHODS])
         complete[b] = set.intersection(*[ms.get(m, set()) for m in expected])
     by = {}
     for r in runs:
@@ -152,18 +193,39 @@ def summarize(runs, dataset, budgets, methods=None):
     for key, rs in by.items():
         cells[key] = dict(test=_stats([r["test_auc"] for r in rs]),
                           val=_stats([r["val_auc"] for r in rs]), bytes=rs[0]["bytes"],
+                          mapping=rs[0].get("mapping_bytes", 0),
+                          dtype=rs[0].get("table_dtype", "float32"),
+                          test_f32=_stats([r.get("test_auc_float32", r["test_auc"])
+                                           for r in rs]),
+                          rounding=rounding_costs(rs),
                           epochs=statistics.fmean(r["epochs"] for r in rs), n=len(rs))
     for b in budgets:
-        paper = [(m, cells[(m, b)]) for m in ("memrec-paper-k2", "memrec-paper-k3")
-                 if (m, b) in cells]
-        if paper:
-            m, c = max(paper, key=lambda mc: mc[1]["val"][0])
-            cells[("memrec-paper", b)] = dict(c, pick=m)
+        for pick, ks in PAPER_PICKS.items():
+            paper = [(m, cells[(m, b)]) for m in ks if (m, b) in cells]
+            if paper:
+                m, c = max(paper, key=lambda mc: mc[1]["val"][0])
+                cells[(pick, b)] = dict(c, pick=m)
+        runs_at_b = [(m, c) for (m, bb), c in cells.items()
+                     if bb == b and "pick" not in c and m in common.METHODS]
+        if runs_at_b:
+            m, c = max(runs_at_b, key=lambda mc: mc[1]["val"][0])
+            cells[("best served", b)] = dict(c, pick=m)
         variants = [(m, cells[(m, b)]) for m in common.MEMREC_VARIANTS if (m, b) in cells]
         if variants:
             m, c = max(variants, key=lambda mc: mc[1]["val"][0])
             cells[("memrec_tf best", b)] = dict(c, pick=m)
     return cells
+
+
+def rounding_costs(runs):
+    """{format: (mean, sd, n)} of test AUC as trained minus with tables rounded."""
+    out = {}
+    for name in ("bfloat16", "int8", "int8+W"):
+        diffs = [r.get("test_auc_float32", r["test_auc"]) - r["rounded"][name]["test"]
+                 for r in runs if name in r.get("rounded", {})]
+        if diffs:
+            out[name] = _stats(diffs) + (max(diffs),)
+    return out
 
 
 def fmt_bytes(n):
@@ -173,19 +235,33 @@ def fmt_bytes(n):
     return f"{n} B"
 
 
-def table(cells, dataset, budgets, methods):
-    rows = [m for m in methods if m != "full"]
-    if "memrec-paper-k2" in rows or "memrec-paper-k3" in rows:
-        rows.insert(rows.index([m for m in rows if m.startswith("memrec-paper")][0]),
-                    "memrec-paper")
-    rows.append("memrec_tf best")
-    full = cells.get(("full", 1))
-    out = [f"### {dataset}", ""]
-    if full:
-        t = full["test"]
-        out.append(f"full: test AUC {t[0]:.4f} ± {t[1]:.4f} (n={t[2]}), "
-                   f"{fmt_bytes(full['bytes'])}, mean epochs {full['epochs']:.1f}")
-        out.append("")
+def table_rows(methods):
+    """The rows of a table: the runs, each paper pick before its k runs, the bests."""
+    rows = [m for m in methods if m not in common.FULL_METHODS]
+    for pick, ks in PAPER_PICKS.items():
+        present = [m for m in rows if m in ks]
+        if present:
+            rows.insert(rows.index(present[0]), pick)
+    return rows + ["memrec_tf best", "best served"]
+
+
+def table(cells, dataset, budgets, methods, regime="vocabulary", full_bytes=None):
+    rows = table_rows(methods)
+    out = [f"### {dataset} ({regime_label(regime)})", ""]
+    for m in common.FULL_METHODS:
+        full = cells.get((m, 1))
+        if full:
+            t = full["test"]
+            line = (f"{m}: test AUC {t[0]:.4f} ± {t[1]:.4f} (n={t[2]}), "
+                    f"{fmt_bytes(full['bytes'])}")
+            if full["mapping"]:
+                line += f" (incl. {fmt_bytes(full['mapping'])} id -> index mapping)"
+            if full_bytes:
+                line += f" = full/{full_bytes / full['bytes']:.2f}"
+            if full["dtype"] != "float32":
+                line += f"; float32 before rounding {full['test_f32'][0]:.4f}"
+            out.append(line + f", mean epochs {full['epochs']:.1f}")
+    out.append("")
     out.append("| method | " + " | ".join(f"full/{b}" for b in budgets) + " |")
     out.append("|---|" + "---|" * len(budgets))
     for m in rows:
@@ -197,18 +273,47 @@ def table(cells, dataset, budgets, methods):
                 continue
             t = c["test"]
             s = f"{t[0]:.4f} ± {t[1]:.4f} ({fmt_bytes(c['bytes'])}, n={t[2]})"
+            if c["dtype"] != "float32":
+                s += f" f32 {c['test_f32'][0]:.4f}"
             if "pick" in c:
                 s += f" [{c['pick']}]"
             line.append(s)
-        out.append("| " + " | ".join(line) + " |")
+        if any(x != "n/a" for x in line[1:]):
+            out.append("| " + " | ".join(line) + " |")
     out.append("")
-    out.append("Cells: mean ± std of test AUC over n seeds (embedding bytes; per budget only "
-               "the seeds every method has finished). memrec-paper: the "
-               "better k by validation AUC; memrec_tf best: the MEM-REC variant with the best "
-               "mean validation AUC at that budget. n/a: the method cannot fit the budget (QR below "
-               "2 sqrt(V) rows; MEM-REC vocabulary signatures below k rows) or no seed has "
-               "finished every method at that budget.")
+    out.append("Cells: mean ± std of test AUC as served over n seeds (served bytes of all tables"
+               + (" and any id -> index mapping" if regime == "raw" else "") + "; per budget "
+               "only the seeds every method has finished); f32: the same models' test AUC "
+               "before their tables were rounded. memrec-paper*: the better k by validation "
+               "AUC; memrec_tf best: the MEM-REC variant with the best mean validation AUC; "
+               "best served: the method with the best mean validation AUC at that budget. "
+               "Rows with no cell at any budget are left out; n/a: the method cannot fit the "
+               "budget (its mapping alone, QR below 2 sqrt(V) rows) or no seed has finished "
+               "every method at that budget.")
     return "\n".join(out)
+
+
+def rounding_table(cells, dataset, budgets, methods):
+    """Test AUC lost by rounding each trained model's tables, per format."""
+    out = [f"#### {dataset}: rounding cost (test AUC as trained in float32 minus with its "
+           "tables rounded; mean over seeds, and the largest single run; int8+W: MEM-REC's "
+           "weight table rounded to int8 too)",
+           "", "| method | budget | bfloat16 | int8 | int8+W |", "|---|---|---|---|---|"]
+    for m in methods:
+        for b in ([1] if m in common.FULL_METHODS else budgets):
+            c = cells.get((m, b))
+            if c is None or not c["rounding"]:
+                continue
+            r = c["rounding"]
+            out.append(f"| {m} | {'full' if b == 1 else f'/{b}'} | "
+                       + " | ".join(f"{r[k][0]:+.5f} (max {r[k][3]:+.5f})" if k in r else "-"
+                                    for k in ("bfloat16", "int8", "int8+W")) + " |")
+    return "\n".join(out)
+
+
+def regime_label(regime):
+    return ("raw ids: id -> index mappings counted" if regime == "raw"
+            else "vocabulary-layer regime: the id -> index mapping common to all, not counted")
 
 
 def targets(summaries, budgets):
@@ -271,6 +376,57 @@ def targets(summaries, budgets):
     return lines
 
 
+def served_targets(summaries, budgets):
+    """Lines 'PASS/MISS ...' for the targets at equal served bytes (raw ids)."""
+    lines = []
+
+    def cell(ds, m, b):
+        return summaries.get(ds, {}).get((m, b))
+
+    # (q) rounding to int8 after training costs at most 0.001 AUC (mean over seeds).
+    for ds, cells in summaries.items():
+        for (m, b), c in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if "pick" in c or c["dtype"] != "int8":
+                continue
+            cost = c["test_f32"][0] - c["test"][0]
+            ok = cost <= ROUNDING_TARGET
+            lines.append(f"(q) {'PASS' if ok else 'MISS'} {ds} {m} "
+                         f"{'full' if b == 1 else f'/{b}'}: int8 {c['test'][0]:.4f} vs float32 "
+                         f"{c['test_f32'][0]:.4f}, cost {cost:+.4f} (need <= "
+                         f"{ROUNDING_TARGET:.4f}, n={c['test'][2]})")
+    # (f) Frappe at /16: the best configuration within 0.01 of the float32 full table.
+    full, best = cell("frappe", "full", 1), cell("frappe", "best served", 16)
+    if full is None or best is None:
+        lines.append("(f) frappe /16: not tested")
+    else:
+        gap = best["test"][0] - full["test"][0]
+        lines.append(f"(f) {'PASS' if gap >= -RAW_FULL_GAP_TARGET else 'MISS'} frappe /16: best "
+                     f"served {best['pick']} {best['test'][0]:.4f} vs full float32 "
+                     f"{full['test'][0]:.4f}; diff {gap:+.4f} (need >= "
+                     f"{-RAW_FULL_GAP_TARGET:+.4f})")
+    # (g) /4../64: the best configuration at least as good as every other method
+    # (within 0.001); the paper's MEM-REC in each format is one method, its k
+    # picked by validation AUC.
+    paper_runs = {m: pick for pick, ks in PAPER_PICKS.items() for m in ks}
+    for ds, cells in summaries.items():
+        for b in [b for b in budgets if b <= 64]:
+            best = cells.get(("best served", b))
+            family = paper_runs.get((best or {}).get("pick"), (best or {}).get("pick"))
+            others = [(m, c["test"][0]) for (m, bb), c in cells.items()
+                      if bb == b and m not in paper_runs and m != family
+                      and (m in PAPER_PICKS or m in common.METHODS)]
+            if best is None or not others:
+                lines.append(f"(g) {ds} /{b}: not tested")
+                continue
+            om, ov = max(others, key=lambda x: x[1])
+            ok = best["test"][0] >= ov - BEST_MARGIN
+            lines.append(f"(g) {'PASS' if ok else 'MISS'} {ds} /{b}: best served (by val) "
+                         f"{best['pick']} {best['test'][0]:.4f} vs the best other method {om} "
+                         f"{ov:.4f}; diff {best['test'][0] - ov:+.4f} (need >= "
+                         f"{-BEST_MARGIN:+.4f})")
+    return lines
+
+
 def plot(cells, dataset, budgets, methods, path, full_bytes):
     try:
         import matplotlib
@@ -280,9 +436,11 @@ def plot(cells, dataset, budgets, methods, path, full_bytes):
         print("[plot] matplotlib missing (pip install matplotlib, the 'plot' extra): no plot")
         return None
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    show = [m for m in methods if m not in ("full", "memrec-paper-k2", "memrec-paper-k3")]
-    if any(m.startswith("memrec-paper") for m in methods):
-        show.insert(2 if "qr" in show else 1, "memrec-paper")
+    paper_runs = {m for ks in PAPER_PICKS.values() for m in ks}
+    show = [m for m in methods if m not in common.FULL_METHODS and m not in paper_runs]
+    for pick, ks in PAPER_PICKS.items():
+        if any(m in methods for m in ks):
+            show.append(pick)
     for m in show:
         pts = [(cells[(m, b)]["bytes"], cells[(m, b)]["test"]) for b in budgets if (m, b) in cells]
         if not pts:
@@ -312,21 +470,55 @@ def plot(cells, dataset, budgets, methods, path, full_bytes):
 
 
 def report(results, datasets, budgets, methods, out_dir, stem="accuracy"):
+    regime = "raw" if results.get("protocol", {}).get("regime") == RAW_REGIME else "vocabulary"
     summaries, text = {}, []
     for ds in datasets:
         if not any(r["dataset"] == ds for r in results["runs"]):
             continue
-        cells = summarize(results["runs"], ds, budgets, methods)
+        # The methods run on this data set (another may have run more).
+        ran = [m for m in methods
+               if any(r["dataset"] == ds and r["method"] == m for r in results["runs"])]
+        cells = summarize(results["runs"], ds, budgets, ran)
         summaries[ds] = cells
-        text.append(table(cells, ds, budgets, methods))
         info = results["datasets"].get(ds, {})
-        png = plot(cells, ds, budgets, methods, os.path.join(out_dir, f"{stem}_{ds}.png"),
+        text.append(table(cells, ds, budgets, ran, regime, info.get("full_bytes")))
+        text.append("")
+        text.append(rounding_table(cells, ds, budgets, ran))
+        png = plot(cells, ds, budgets, ran, os.path.join(out_dir, f"{stem}_{ds}.png"),
                    info.get("full_bytes"))
         if png:
             text.append(f"\nplot: {os.path.relpath(png)}")
         text.append("")
-    lines = targets(summaries, budgets)
+    lines = (served_targets(summaries, budgets) if regime == "raw"
+             else targets(summaries, budgets))
     return "\n".join(text), lines, summaries
+
+
+def same_training(runs, rec):
+    """The float32 run that trained exactly `rec`'s model, if any: the full
+    table has the same rows whatever format it is served in (full-int8 is
+    the full run's model served as int8)."""
+    base, dtype = common.split_method(rec["method"])
+    if base != "full" or dtype == "float32":
+        return None
+    for r in runs:
+        if (run_key(r) == (rec["dataset"], base, 1, rec["seed"]) and not r.get("error")
+                and dtype in r.get("rounded", {})):
+            return r
+    return None
+
+
+def served_from(run, data, method, mapping_bytes):
+    """`run`'s model served as `method`'s table format: its rounded AUCs, its bytes."""
+    config = common.method_config(method, data["vocabulary_size"], data["cardinalities"], 1,
+                                  mapping_bytes=mapping_bytes)
+    served = run["rounded"][config["table_dtype"]]
+    out = {k: v for k, v in run.items() if k not in ("dataset", "method", "budget", "seed")}
+    out.update(bytes=config["bytes"], table_bytes=config["table_bytes"],
+               mapping_bytes=config["mapping_bytes"], table_dtype=config["table_dtype"],
+               val_auc=served["val"], test_auc=served["test"], seconds=0.0,
+               served_from=run["method"])
+    return out
 
 
 def main(argv=None):
@@ -335,7 +527,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per cell (default 5; 3 for criteo)")
     p.add_argument("--budgets", default="4,16,64,256", help="compression factors of full")
-    p.add_argument("--methods", default=",".join(common.METHODS))
+    p.add_argument("--methods", default=None,
+                   help="comma list (default: every method; with --report-only, every "
+                        "method of --out)")
     p.add_argument("--quick", action="store_true",
                    help=f"a small check: {QUICK['datasets']}, {QUICK['seeds']} seed, budgets "
                         f"{QUICK['budgets']}, Frappe train cut to {QUICK['frappe_fraction'] * 100:.0f}%%, "
@@ -348,6 +542,9 @@ def main(argv=None):
     p.add_argument("--head-fraction", type=float, default=None,
                    help="memrec-vocab-head: share of the token rows that are head rows "
                         "(default: the share memrec plan recommends)")
+    p.add_argument("--regime", choices=REGIMES, default="raw",
+                   help="raw: the model reads raw ids, mappings counted; vocabulary: the "
+                        "mapping is common to all methods, not counted")
     p.add_argument("--out", default=None)
     p.add_argument("--report-only", action="store_true", help="print tables from --out, no runs")
     args = p.parse_args(argv)
@@ -357,16 +554,18 @@ def main(argv=None):
                                                       QUICK["methods"])
         args.seeds = args.seeds or QUICK["seeds"]
         frappe_fraction = QUICK["frappe_fraction"]
-        args.out = args.out or DEFAULT_OUT.replace("accuracy.json", "accuracy_quick.json")
-    args.out = args.out or DEFAULT_OUT
+        args.out = args.out or DEFAULT_OUT[args.regime].replace(".json", "_quick.json")
+    args.out = args.out or DEFAULT_OUT[args.regime]
     PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience, lr=args.lr)
+    if args.regime == "raw":
+        PROTOCOL.update(regime=RAW_REGIME)
     if args.head_fraction is not None:
         from memrec_tf.sizing import HEAD_FRACTION
         if args.head_fraction != HEAD_FRACTION:  # recorded only when not the default
             PROTOCOL.update(head_fraction=args.head_fraction)
     datasets = [d for d in args.datasets.split(",") if d]
     budgets = [int(b) for b in args.budgets.split(",") if b]
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in (args.methods or ",".join(common.METHODS)).split(",") if m]
     for m in methods:
         if m not in common.METHODS:
             p.error(f"unknown method {m!r}; have {', '.join(common.METHODS)}")
@@ -374,6 +573,8 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
 
     results = load_results(args.out)
+    if args.methods is None and args.report_only:
+        methods = [m for m in common.METHODS if any(r["method"] == m for r in results["runs"])]
     if results.get("protocol") != PROTOCOL and not args.report_only:
         moved = args.out.replace(".json", ".other_protocol.json")
         print(f"[warn] {args.out} was written under another protocol: moved to {moved}, "
@@ -409,17 +610,24 @@ def main(argv=None):
                     rows=data["rows"], vocabulary_size=data["vocabulary_size"],
                     num_features=len(data["cardinalities"]), num_dense=data["num_dense"],
                     full_bytes=data["vocabulary_size"] * 16 * 4,
+                    mapping_bytes=data["mapping_bytes"],
                     train_fraction=frappe_fraction if ds == "frappe" else 1.0)
                 print(f"[{ds}] V={data['vocabulary_size']} rows={data['rows']}", flush=True)
             data = loaded[ds]
             if data is None:
                 continue
             rec = dict(dataset=ds, method=m, budget=b, seed=s)
+            mapping = data["mapping_bytes"] if args.regime == "raw" else 0
+            same = same_training(results["runs"], rec)
             try:
-                rec.update(common.train_eval(data, m, b, s, batch_size=BATCH_SIZE,
-                                             max_epochs=args.max_epochs,
-                                             patience=args.patience, lr=args.lr,
-                                             head_fraction=args.head_fraction))
+                if same is not None:
+                    rec.update(served_from(same, data, m, mapping))
+                else:
+                    rec.update(common.train_eval(data, m, b, s, batch_size=BATCH_SIZE,
+                                                 max_epochs=args.max_epochs,
+                                                 patience=args.patience, lr=args.lr,
+                                                 head_fraction=args.head_fraction,
+                                                 mapping_bytes=mapping))
             except ValueError as e:  # the method cannot fit the budget
                 rec.update(error=str(e))
             results["runs"].append(rec)
@@ -429,7 +637,9 @@ def main(argv=None):
                       flush=True)
             else:
                 print(f"[{ds}] {i + 1}/{len(todo)} {m} /{b} seed {s}: val {rec['val_auc']:.4f} "
-                      f"test {rec['test_auc']:.4f} bytes {rec['bytes']} epochs {rec['epochs']} "
+                      f"test {rec['test_auc']:.4f} (f32 {rec['test_auc_float32']:.4f}, int8 "
+                      f"{rec['rounded']['int8']['test']:.4f}) bytes {rec['bytes']} "
+                      f"epochs {rec['epochs']} "
                       f"({rec['seconds']:.0f}s, total {time.time() - t_start:.0f}s)",
                       flush=True)
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

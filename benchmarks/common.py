@@ -2,9 +2,12 @@
 
 * `auc`: exact ROC AUC (rank statistic, ties averaged).
 * `method_config`: every embedding variant of the benchmarks sized to a
-  compression factor of the full tables.
+  compression factor of the float32 full tables, in served bytes (tables
+  in their serving format, and any id -> index mapping when counted).
 * `train_eval`: one seeded DLRM training run with early stopping on a
-  validation split, returning validation / test AUC and the epochs used.
+  validation split, returning validation / test AUC and the epochs used,
+  of the model as served (tables rounded to their serving format) and as
+  trained in float32.
 * `interleaved_times`: wall times of several variants, timed side by side.
 """
 import json
@@ -17,11 +20,33 @@ import numpy as np
 
 # Methods of the accuracy grid, in table order. "memrec-paper" is not a run
 # of its own: it is the better k (by validation AUC) of the two paper runs.
-METHODS = ("full", "hashing", "qr", "memrec-paper-k2", "memrec-paper-k3", "memrec-vocab",
-           "memrec-vocab-noW", "memrec-vocab-perhash", "memrec-vocab-head")
-MEMREC_VARIANTS = ("memrec-paper-k2", "memrec-paper-k3", "memrec-vocab", "memrec-vocab-noW",
-                   "memrec-vocab-perhash", "memrec-vocab-head")
+# A suffix "-bf16" or "-int8" serves the method's (token) tables in that
+# format (memrec_tf.ops.quantize): trained in float32 at the rows that fit
+# the budget as served, evaluated with its tables rounded.
+METHODS = ("full", "full-int8", "hashing", "qr", "memrec-paper-k2", "memrec-paper-k3",
+           "memrec-paper-k2-bf16", "memrec-paper-k3-bf16", "memrec-paper-k2-int8",
+           "memrec-paper-k3-int8", "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
+           "memrec-vocab-head", "hashing-int8")
+# One cell each (budget 1): the full tables, whatever they take.
+FULL_METHODS = ("full", "full-int8")
+MEMREC_VARIANTS = ("memrec-paper-k2", "memrec-paper-k3", "memrec-paper-k2-bf16",
+                   "memrec-paper-k3-bf16", "memrec-paper-k2-int8", "memrec-paper-k3-int8",
+                   "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
+                   "memrec-vocab-head")
+# Methods that read the dense frequency index: with raw ids they need the
+# id -> index mapping, which the raw-ids regime counts in their bytes.
+DENSE_INDEX_METHODS = ("full", "qr", "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
+                       "memrec-vocab-head")
+DTYPE_SUFFIXES = {"-bf16": "bfloat16", "-int8": "int8"}
 WEIGHT_FRACTION = 0.125
+
+
+def split_method(method):
+    """(base method, serving table dtype) of a method name such as memrec-paper-k2-int8."""
+    for suffix, dtype in DTYPE_SUFFIXES.items():
+        if method.endswith(suffix):
+            return method[:-len(suffix)], dtype
+    return method, "float32"
 
 
 def cpu_name():
@@ -56,48 +81,87 @@ def auc(labels, scores):
 
 
 def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
-                  head_fraction=None):
-    """(embedding, options, spec_kind, bytes) of one benchmark method.
+                  head_fraction=None, mapping_bytes=0):
+    """One benchmark method sized to full / compression in served bytes.
 
     spec_kind is "global" (FeatureSpec with vocabulary_size=V: the ids are
     dense global indices) or "hashed" (no vocabulary_size: the index ids are
     hashed at random, feature-salted, as in the MEM-REC paper).
     head_fraction: memrec-vocab-head's share of the token rows that are head
     rows (None: the share `memrec plan` recommends).
+    mapping_bytes: bytes of the id -> index mapping that a method reading
+    the dense index needs (DENSE_INDEX_METHODS); counted in its bytes and
+    taken out of the budget before its tables are sized (0: not counted).
+
+    Returns:
+      dict(embedding, options, kind, table_dtype, table_bytes, mapping_bytes,
+      bytes).
+
+    Raises:
+      ValueError: the method cannot fit the budget (its mapping alone may not).
     """
     from memrec_tf import sizing
 
     V = vocabulary_size
-    if method == "full":
-        c = sizing.full_config(dim, vocabulary_size=V)
-        return "full", dict(c.options), "global", c.bytes
-    if method == "hashing":
-        c = sizing.hashing_config(dim, vocabulary_size=V, compression=compression)
-        return "hashing", dict(c.options), "global", c.bytes
-    if method == "qr":
-        c = sizing.qr_config(dim, vocabulary_size=V, compression=compression, combine="product")
-        return "qr", dict(c.options), "global", c.bytes
-    if method.startswith("memrec-paper-k"):
-        k = int(method.rsplit("k", 1)[1])
-        c = sizing.memrec_config(dim, vocabulary_size=V, compression=compression,
-                                 weight_fraction=WEIGHT_FRACTION, num_hashes=k)
-        return "memrec", dict(c.options), "hashed", c.bytes
-    args = dict(weight_fraction=WEIGHT_FRACTION, num_hashes=2)
-    if method == "memrec-vocab-noW":
-        args.update(weight_fraction=0.0, num_weight_hashes=0)
-    elif method == "memrec-vocab-perhash":
-        args.update(weight_mode="per_hash")
-    elif method not in ("memrec-vocab", "memrec-vocab-head"):
-        raise ValueError(f"unknown method {method!r}; have {METHODS}")
-    c = sizing.memrec_config(dim, vocabulary_size=V, compression=compression, **args)
-    if method == "memrec-vocab-head":
-        if head_fraction is None:  # the share `memrec plan` recommends
-            from memrec_tf.sizing import HEAD_FRACTION as head_fraction
-        head = int(head_fraction * c.options["num_token_rows"])
-        if head > 0:
-            c = sizing.memrec_config(dim, vocabulary_size=V, compression=compression,
-                                     num_head_rows=head, **args)
-    return "memrec", dict(c.options), "global", c.bytes
+    base, table_dtype = split_method(method)
+    mapping = int(mapping_bytes) if base in DENSE_INDEX_METHODS else 0
+    full = sizing.full_table_bytes(None, V, dim)
+    if base == "full":
+        c = sizing.full_config(dim, vocabulary_size=V, table_dtype=table_dtype)
+        embedding, kind = "full", "global"
+    else:
+        budget = sizing.budget_bytes(full, compression=compression) - mapping
+        if budget < 1:
+            raise ValueError(f"the id -> index mapping ({mapping} bytes) alone exceeds the "
+                             f"budget of {budget + mapping} bytes")
+        sized = dict(vocabulary_size=V, budget=budget, table_dtype=table_dtype)
+        if base == "hashing":
+            c = sizing.hashing_config(dim, **sized)
+            embedding, kind = "hashing", "global"
+        elif base == "qr":
+            c = sizing.qr_config(dim, combine="product", **sized)
+            embedding, kind = "qr", "global"
+        elif base.startswith("memrec-paper-k"):
+            k = int(base.rsplit("k", 1)[1])
+            c = sizing.memrec_config(dim, weight_fraction=WEIGHT_FRACTION, num_hashes=k,
+                                     **sized)
+            embedding, kind = "memrec", "hashed"
+        else:
+            args = dict(weight_fraction=WEIGHT_FRACTION, num_hashes=2)
+            if base == "memrec-vocab-noW":
+                args.update(weight_fraction=0.0, num_weight_hashes=0)
+            elif base == "memrec-vocab-perhash":
+                args.update(weight_mode="per_hash")
+            elif base not in ("memrec-vocab", "memrec-vocab-head"):
+                raise KeyError(f"unknown method {method!r}; have {METHODS}")
+            c = sizing.memrec_config(dim, **sized, **args)
+            if base == "memrec-vocab-head":
+                if head_fraction is None:  # the share `memrec plan` recommends
+                    from memrec_tf.sizing import HEAD_FRACTION as head_fraction
+                head = int(head_fraction * c.options["num_token_rows"])
+                if head > 0:
+                    c = sizing.memrec_config(dim, num_head_rows=head, **sized, **args)
+            embedding, kind = "memrec", "global"
+    return dict(embedding=embedding, options=dict(c.options), kind=kind, table_dtype=table_dtype,
+                table_bytes=c.bytes, mapping_bytes=mapping, bytes=c.bytes + mapping)
+
+
+def served_table_bytes(embedding, table_shapes, table_dtype):
+    """Served bytes of an embedding layer's tables (MEM-REC: token, weight)."""
+    from memrec_tf import sizing
+    if embedding == "memrec":
+        return (sizing.stored_table_bytes(table_shapes[:1], table_dtype)
+                + sizing.stored_table_bytes(table_shapes[1:], sizing.WEIGHT_TABLE_DTYPE))
+    return sizing.stored_table_bytes(table_shapes, table_dtype)
+
+
+def served_variables(model, with_weight_table=False):
+    """The embedding tables a serving format rounds: every table of the
+    embedding layers but MEM-REC's weight table (served in float32) unless
+    `with_weight_table`."""
+    from memrec_tf import models
+    return [v for layer in models.embedding_layers(model) for v in layer.trainable_variables
+            if with_weight_table or v.name.split("/")[-1].split(":")[0] != "weight_table"]
 
 
 def make_dataset(features, labels, batch_size, shuffle_seed=None):
@@ -110,36 +174,48 @@ def make_dataset(features, labels, batch_size, shuffle_seed=None):
 
 def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), batch_size=1024,
                lr=1e-3, max_epochs=10, patience=1, eval_batch=16384,
-               head_fraction=None):
+               head_fraction=None, mapping_bytes=0):
     """One run: build, train with early stopping on data["dev"], test the best epoch.
+
+    Training keeps float32 tables. The best epoch is then evaluated as
+    trained (`*_float32`) and as served: its tables replaced by
+    `quantize.round_trip(table, table_dtype)`, what a lookup reads from
+    the stored format. `rounded` holds the AUCs of the same model with its
+    tables rounded to every format (int8+W: the weight table too).
 
     Args:
       data: {"num_dense", "cardinalities", "vocabulary_size", "splits":
         {split: {"dense", "index", "label"}}} with frequency-ranked indices.
-      method, compression, head_fraction: see `method_config` (compression 1
-        for full).
+      method, compression, head_fraction, mapping_bytes: see `method_config`
+        (compression 1 for full).
       seed: model init, hashes and shuffling.
 
     Returns:
-      dict(bytes, full_bytes, val_auc, test_auc, epochs, best_epoch, seconds, options).
+      dict(bytes, table_bytes, mapping_bytes, table_dtype, full_bytes,
+      val_auc, test_auc (as served), val_auc_float32, test_auc_float32,
+      rounded, epochs, best_epoch, seconds, options).
     """
     import tensorflow as tf
     from memrec_tf import models
     from memrec_tf.features import FeatureSpec
+    from memrec_tf.ops import quantize
 
     keras = tf.keras
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     V = data["vocabulary_size"]
-    embedding, options, kind, nbytes = method_config(method, V, data["cardinalities"],
-                                                     compression, dim, head_fraction)
+    config = method_config(method, V, data["cardinalities"], compression, dim, head_fraction,
+                           mapping_bytes)
     spec = FeatureSpec.of(num_dense=data["num_dense"],
                           cardinalities=tuple(data["cardinalities"]),
-                          vocabulary_size=V if kind == "global" else 0)
-    model = models.build_model("dlrm", spec, embedding=embedding, embedding_options=options,
-                               embedding_dim=dim, seed=seed, top_mlp=top_mlp)
+                          vocabulary_size=V if config["kind"] == "global" else 0)
+    model = models.build_model("dlrm", spec, embedding=config["embedding"],
+                               embedding_options=config["options"], embedding_dim=dim,
+                               seed=seed, top_mlp=top_mlp)
     report = models.embedding_report(model)
-    assert report.bytes == nbytes, (method, report.bytes, nbytes)
+    shapes = [s for layer in models.embedding_layers(model) for s in layer.table_shapes()]
+    served = served_table_bytes(config["embedding"], shapes, config["table_dtype"])
+    assert served == config["table_bytes"], (method, served, config)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                   jit_compile=False)
 
@@ -177,12 +253,34 @@ def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), bat
     best_auc, best_weights = state["best"], state["weights"]
     best_epoch, epochs = state["epoch"], state["epochs"]
     model.set_weights(best_weights)
+
+    def evaluate():
+        return (auc(data["splits"]["dev"]["label"], predict(dev_x)),
+                auc(data["splits"]["test"]["label"], predict(test_x)))
+
     test = auc(data["splits"]["test"]["label"], predict(test_x))
+    rounded = {}
+    for name, dtype, with_w in (("bfloat16", "bfloat16", False), ("int8", "int8", False),
+                                ("int8+W", "int8", True)):
+        variables = served_variables(model, with_w)
+        trained = [np.array(v.numpy()) for v in variables]
+        for v, t in zip(variables, trained):
+            v.assign(quantize.round_trip_numpy(t, dtype))
+        val_r, test_r = evaluate()
+        rounded[name] = dict(val=val_r, test=test_r)
+        for v, t in zip(variables, trained):
+            v.assign(t)
     keras.backend.clear_session()
-    return dict(bytes=int(report.bytes), full_bytes=int(report.full_bytes), val_auc=best_auc,
-                test_auc=test, epochs=epochs, best_epoch=best_epoch,
+    dtype = config["table_dtype"]
+    served_val, served_test = ((best_auc, test) if dtype == "float32"
+                               else (rounded[dtype]["val"], rounded[dtype]["test"]))
+    return dict(bytes=int(config["bytes"]), table_bytes=int(config["table_bytes"]),
+                mapping_bytes=int(config["mapping_bytes"]), table_dtype=dtype,
+                full_bytes=int(report.full_bytes), val_auc=served_val, test_auc=served_test,
+                val_auc_float32=best_auc, test_auc_float32=test, rounded=rounded,
+                epochs=epochs, best_epoch=best_epoch,
                 seconds=round(time.perf_counter() - start, 2),
-                options={k: v for k, v in options.items()})
+                options={k: v for k, v in config["options"].items()})
 
 
 def interleaved_times(cases, rounds, repeats, warmup=1):

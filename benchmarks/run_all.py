@@ -7,8 +7,11 @@
 Full run:
   1. bench_lookup.py (40M-row full table, 15 rounds) -> results/lookup.json
   2. accuracy_vs_memory.py (Frappe and MovieLens-100K: 5 seeds, Criteo
-     sample: 3 seeds; budgets full/4, /16, /64, /256; all methods)
-     -> results/accuracy.json, results/accuracy_<dataset>.png
+     sample: 3 seeds; budgets full/4, /16, /64, /256 in served bytes; all
+     methods; raw ids, mappings counted) -> results/accuracy_served.json,
+     results/accuracy_served_<dataset>.png. The summary also reports
+     results/accuracy.json (the vocabulary-layer regime, `--regime
+     vocabulary`) when it is there.
   3. bench_scale.py (bytes at Terabyte scale, throughput at N=500,000 rows
      per feature, synthetic accuracy at 8 x 2M values) -> results/scale.json
 
@@ -16,8 +19,8 @@ Full run:
   1. bench_lookup.py --full-rows 4000000 --rounds 5 -> results/lookup_quick.json
   2. accuracy_vs_memory.py --quick: Criteo sample and 30% of Frappe's train
      split (dev and test whole), 1 seed, budgets /16 and /64, methods full,
-     hashing, qr, memrec-paper-k2, memrec-vocab, memrec-vocab-head
-     -> results/accuracy_quick.json (+ plots)
+     hashing, qr, memrec-paper-k2, memrec-paper-k2-int8, memrec-vocab,
+     memrec-vocab-head -> results/accuracy_served_quick.json (+ plots)
   3. bench_scale.py --quick: (a) bytes; (b) throughput at N=100,000, 3
      windows of 3 steps; (c) 4 features x 500,000 values, 60,000 train rows,
      /16, 3 epochs -> results/scale_quick.json
@@ -63,19 +66,21 @@ def summary(quick, lookup_text):
     parts = [f"# memrec_tf benchmark summary{' (--quick: smoke test, not evidence)' if quick else ''}",
              "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by "
              f"`python benchmarks/run_all.py{' --quick' if quick else ''}`.", ""]
-    acc_path = os.path.join(RESULTS, f"accuracy{suffix}.json")
-    if os.path.exists(acc_path):
+    for stem, title in ((f"accuracy_served{suffix}", "raw ids, equal served bytes"),
+                        (f"accuracy{suffix}", "vocabulary-layer regime")):
+        acc_path = os.path.join(RESULTS, f"{stem}.json")
+        if not os.path.exists(acc_path):
+            continue
         with open(acc_path) as f:
             res = json.load(f)
         budgets = sorted({int(r["budget"]) for r in res["runs"] if int(r["budget"]) > 1})
         methods = [m for m in acc.common.METHODS if any(r["method"] == m for r in res["runs"])]
         datasets = [d for d in acc.DATASETS if any(r["dataset"] == d for r in res["runs"])]
-        text, lines, _ = acc.report(res, datasets, budgets, methods, RESULTS,
-                                    f"accuracy{suffix}")
+        text, lines, _ = acc.report(res, datasets, budgets, methods, RESULTS, stem)
         m = res.get("machine") or {}
         seeds = {d: sorted({r["seed"] for r in res["runs"] if r["dataset"] == d})
                  for d in datasets}
-        parts += ["## Accuracy vs embedding memory", "",
+        parts += [f"## Accuracy vs embedding memory ({title})", "",
                   f"Protocol: {json.dumps(res.get('protocol'))}", "",
                   f"Machine: {m.get('cpu')}, {m.get('cpu_count')} cores (shared), TensorFlow "
                   f"{m.get('tensorflow')}. Seeds per data set: {seeds}. Runs: "
