@@ -25,12 +25,13 @@ OPTIMIZERS = {"adam": lambda lr: keras.optimizers.Adam(lr),
 
 def embedding_options(method, embedding_dim, cardinalities, compression, overrides,
                       vocabulary_size=0, head_rows=False, table_dtype="float32",
-                      mapping_bytes=0):
+                      mapping_bytes=0, embedding=None):
     """The embedding layer's options: sized to 1/compression, then overridden.
 
     The budget counts the tables as served in `table_dtype` (MEM-REC's token
     tables; see `memrec_tf.sizing.tables`) and `mapping_bytes` (an id ->
     index mapping the model holds), against float32 full tables.
+    `embedding` is the --embedding name errors quote (default `method`).
 
     With `vocabulary_size`, the layer reads that many global dense indices
     (the cardinalities are not used); `head_rows` then gives a MEM-REC
@@ -58,7 +59,7 @@ def embedding_options(method, embedding_dim, cardinalities, compression, overrid
         if total <= mapping_bytes:
             raise UsageError(
                 f"at --compression {compression:g} the budget is {total:,} bytes, and the "
-                f"id->index mapping of --embedding {method}_vocabulary alone takes "
+                f"id->index mapping of --embedding {embedding or method} alone takes "
                 f"{mapping_bytes:,}: pass a smaller --compression, or --embedding {method} "
                 "(raw ids hashed, no mapping)")
         budget = {"budget": total - mapping_bytes}
@@ -109,7 +110,7 @@ def build_model(model_kind, spec, embedding, embedding_dim, compression, overrid
                                     head_rows=embedding == "memrec_vocabulary_head",
                                     table_dtype=table_dtype,
                                     mapping_bytes=sizing.vocabulary_mapping_bytes(
-                                        spec.cardinalities))
+                                        spec.cardinalities), embedding=embedding)
     else:
         options = embedding_options(method, embedding_dim, spec.cardinalities, compression,
                                     overrides, table_dtype=table_dtype)

@@ -196,3 +196,16 @@ def test_default_training_converges_where_one_epoch_does_not(tmp_path):
     default, one = _metrics(tmp_path / "default"), _metrics(tmp_path / "one")
     assert default["epochs"] > 1
     assert default["auc"] > 0.85 > one["auc"]
+
+
+def test_compression_counts_the_mapping_of_a_vocabulary_embedding(tmp_path, capsys):
+    # 40 rows of 2 features with 30 values each: a mapping of 8 * (2*60 + 2)
+    # bytes, past a /16 budget of (62 * 16 * 4) / 16 bytes.
+    lines = [f"{i % 2} {i % 30}:1 {30 + (i * 7) % 30}:1\n" for i in range(40)]
+    path = tmp_path / "train.libfm"
+    path.write_text("".join(lines))
+    assert cli.main(["train", "--train", str(path), "--embedding", "memrec_vocabulary_head",
+                     "--output", str(tmp_path / "r"), *FAST, "--compression", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "--embedding memrec_vocabulary_head alone takes 976" in err
+    assert "pass a smaller --compression" in err
