@@ -12,7 +12,10 @@ Two regimes, reported apart:
     dense indices, an int64 key and an int64 index per value
     (`sizing.vocabulary_mapping_bytes`), which is part of their bytes: their
     tables get what the mapping leaves of the budget. The plan recommends
-    the hashed shared layer (`memrec`), which needs no mapping.
+    the hashed shared layer (`memrec`), which needs no mapping, and points
+    to int8 tables, which measured best at equal served bytes on Frappe and
+    MovieLens-100K
+    (BENCHMARKS.md, "Accuracy at equal served bytes, raw ids").
   * ids already mapped by a vocabulary layer (`vocabulary_layer`): when the
     model's input already comes from a `keras.layers.StringLookup` or
     `IntegerLookup` (which order their vocabulary by frequency), that
@@ -138,6 +141,10 @@ def format_plan(p):
     rec = p["recommended"]
     lines.append("recommended: MemRecEmbedding(" + ", ".join(
         f"{k}={v}" for k, v in rec["options"].items()) + ", salt_columns=True)")
+    if p["table_dtype"] == "float32":
+        lines.append("  (served in 8 bits, --table-dtype int8, the same bytes hold about 3x the "
+                     "token rows; it scored best at every budget on Frappe and MovieLens-100K, "
+                     "BENCHMARKS.md)")
     if p["vocabulary_layer"]:
         lines += ["", "ids already mapped by a vocabulary layer (keras.layers.StringLookup / "
                       "IntegerLookup, frequency-ordered): that mapping is common to every "
