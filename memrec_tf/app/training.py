@@ -28,6 +28,9 @@ STRATEGIES = ("default", "mirrored", "multi-worker")
 # Without --epochs: train until the AUC on held-out training batches has not
 # improved for PATIENCE epochs (at most MAX_EPOCHS), and keep the best weights.
 MAX_EPOCHS = 50
+# An --eval file up to this size is read whole before training (checked and
+# counted); a larger one is checked on its first batch.
+EVAL_COUNT_MAX_BYTES = 256 << 20
 PATIENCE = 3
 # Without --batch-size: batches of at most DEFAULT_BATCH_SIZE rows, smaller for
 # small data so that an epoch still takes MIN_STEPS optimizer steps.
@@ -140,7 +143,7 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     source = sources.make_source(data_options, (batch_size or DEFAULT_BATCH_SIZE) * replicas,
                                  spec=spec, train_rows=train_rows)
     global_batch = (batch_size or default_batch_size(source.train_rows)) * replicas
-    _check_eval_file(data_options, source.spec, global_batch)
+    eval_rows = _check_eval_file(data_options, source.spec, global_batch)
     with strategy_obj.scope():
         model, options = building.build_model(
             model_kind, source.spec, embedding, embedding_dim, compression,
@@ -210,8 +213,10 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                     print(f"evaluating ({_describe(data_options.eval, data_options.format)}"
                           + (f", tables as served in {table_dtype})" if served else ")"),
                           flush=True)
-                return sources.reading(source.readers, _evaluate, model,
-                                       source.eval(global_batch), verbose)
+                dataset = source.eval(global_batch)
+                if eval_rows:
+                    dataset = sources.with_batch_count(dataset, eval_rows, global_batch)
+                return sources.reading(source.readers, _evaluate, model, dataset, verbose)
 
             if table_dtype != "float32":
                 as_trained = evaluate_once(False)
@@ -234,19 +239,37 @@ def _describe(path, data_format):
 
 
 def _check_eval_file(options, spec, batch_size):
-    """Before training: the --eval file exists, parses, and has the training features."""
+    """Before training: the --eval file exists, parses, and has the training features.
+
+    A file of at most EVAL_COUNT_MAX_BYTES is read whole: its malformed
+    lines are checked against --max-rejected now, and its rows counted so
+    that the evaluation's progress bar shows a total. Returns those rows, or
+    None (a larger file is checked on its first batch only).
+    """
     if options.eval is None or options.format == "synthetic":
-        return
+        return None
     reader = sources.make_reader(options, options.eval, batch_size)
     sources.check_features(spec, reader.spec, options.eval, "the training data")
+    whole = os.path.getsize(options.eval) <= EVAL_COUNT_MAX_BYTES
     try:
-        first = next(iter(reader.iter_batches()), None)
+        batches = reader.iter_batches()
+        first = next(iter(batches), None)
+        if whole and first is not None:
+            for _ in batches:
+                pass
     except (data_lib.MalformedLineError, data_lib.CorruptFileError) as e:
         raise UsageError(f"--eval {e}") from e
     if first is None:
         raise UsageError(f"--eval {options.eval} holds no valid rows ("
                          + "; ".join(sources.read_stats([reader])["first_rejects"][:3])
                          + ")")
+    if not whole:
+        return None
+    try:
+        sources.check_rejects([reader], options.max_rejected)
+    except (UsageError, ValueError) as e:
+        raise UsageError(f"--eval {options.eval}: {e}") from e
+    return reader.stats.rows_read
 
 
 def _fit_multi_worker(model, strategy, dataset, global_batch, epochs, backup_dir):

@@ -91,7 +91,11 @@ def test_a_bad_eval_file_stops_before_training(tmp_path, capsys):
     garbage = tmp_path / "garbage.tsv"
     garbage.write_text("not\ta\tcriteo\tline\n" * 20)
     other = _libfm_file(tmp_path / "other.libfm")
-    for bad in (str(empty), str(garbage), other):
+    # Valid first lines, then mostly malformed ones: caught before training too.
+    mostly_bad = tmp_path / "mostly_bad.tsv"
+    lines = open(train).read().splitlines(True)
+    mostly_bad.write_text("".join(lines[:70]) + "not\ta\tcriteo\tline\n" * 200)
+    for bad in (str(empty), str(garbage), other, str(mostly_bad)):
         out = tmp_path / "run"
         code = cli.main(["train", "--format", "criteo", "--train", train, "--eval", bad,
                          "--output", str(out), *FAST])
