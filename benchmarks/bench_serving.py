@@ -15,12 +15,11 @@ per round, and the table gives p50 and p99 of the single-call latencies:
 
 Variants are "<embedding>/<mode>[/<table_dtype>]"; --variants picks them.
 Token tables stored in fewer bits (memrec_tf.ops.quantize: "int8",
-"bfloat16") are exported through memrec_tf.export(..., table_dtype=...)
-where that parameter exists, e.g. --variants full,memrec/core,memrec/core/int8.
+"bfloat16") are exported through memrec_tf.export(..., table_dtype=...),
+e.g. --variants full,memrec/core,memrec/core/int8,memrec/fused/int8.
 """
 import argparse
 import gc
-import inspect
 import json
 import os
 import statistics
@@ -97,11 +96,6 @@ def export(model, path, mode, table_dtype, other_core=None):
             return export(model, path, mode, table_dtype)
         finally:
             core.lookup = saved
-    if table_dtype == "float32":
-        return memrec_tf.export(model, path, mode=mode)
-    if "table_dtype" not in inspect.signature(memrec_tf.export).parameters:
-        sys.exit(f"bench_serving: {table_dtype} token tables need "
-                 "memrec_tf.export(..., table_dtype=...), which this memrec_tf lacks")
     return memrec_tf.export(model, path, mode=mode, table_dtype=table_dtype)
 
 
