@@ -75,8 +75,8 @@ def build(embedding, args, cards):
     """An untrained DLRM whose embedding is the full tables or MEM-REC."""
     vocabulary = sum(cards)
     method = "full" if embedding == "full" else args.memrec_method
-    kind, options, _, nbytes = method_config(method, vocabulary, cards, args.compression,
-                                             args.dim)
+    config = method_config(method, vocabulary, cards, args.compression, args.dim)
+    kind, options, nbytes = config["embedding"], config["options"], config["bytes"]
     spec = FeatureSpec.of(num_dense=NUM_DENSE, cardinalities=cards,
                           vocabulary_size=vocabulary)
     tf.keras.utils.set_random_seed(args.seed)
