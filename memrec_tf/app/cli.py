@@ -40,9 +40,10 @@ def _print_metrics(metrics):
         full = metrics["full_embedding_bytes"]
         used = metrics["embedding_bytes"]
         mapping = metrics.get("vocabulary_mapping_bytes", 0)
-        parts = f"{metrics.get('embedding_table_bytes', used):,} of tables ({served})"
+        parts = f"tables served as {served}"
         if mapping:
-            parts += f" + {mapping:,} of id->index mapping"
+            parts = (f"{metrics.get('embedding_table_bytes', used):,} of {parts} + "
+                     f"{mapping:,} of id->index mapping")
         print(f"embedding bytes {used:,} ({parts}) replacing float32 full tables of "
               f"{full:,} bytes ({full / used:.1f}x smaller)")
     if metrics.get("examples_per_second"):
