@@ -1005,6 +1005,22 @@ class QuantizedLookupOp : public OpKernel {
   LookupInputs<float> inputs_;
 };
 
+// The inputs of a gradient op: those of the forward op after `grad` (input
+// 0), and `grad` of the forward output's shape.
+template <typename T>
+Status ValidateGradInputs(OpKernelContext* ctx, const LookupInputs<T>& inputs,
+                          LookupArgs<T>* args) {
+  TF_RETURN_IF_ERROR(inputs.Validate(ctx, 1, args));
+  const Tensor& grad = ctx->input(0);
+  if (grad.dims() != 2 || grad.dim_size(0) != args->num_rows ||
+      grad.dim_size(1) != args->dim) {
+    return errors::InvalidArgument("grad must have the forward output's shape [",
+                                   args->num_rows, ", ", args->dim, "], got ",
+                                   grad.shape().DebugString());
+  }
+  return ::tensorflow::OkStatus();
+}
+
 template <typename Device, typename T>
 class LookupGradOp : public OpKernel {
  public:
@@ -1014,14 +1030,8 @@ class LookupGradOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     LookupArgs<T> args;
-    OP_REQUIRES_OK(ctx, inputs_.Validate(ctx, 1, &args));
+    OP_REQUIRES_OK(ctx, ValidateGradInputs(ctx, inputs_, &args));
     const Tensor& grad = ctx->input(0);
-    OP_REQUIRES(ctx,
-                grad.dims() == 2 && grad.dim_size(0) == args.num_rows &&
-                    grad.dim_size(1) == args.dim,
-                errors::InvalidArgument(
-                    "grad must have the forward output's shape [", args.num_rows,
-                    ", ", args.dim, "], got ", grad.shape().DebugString()));
     OP_REQUIRES_OK(ctx, LookupGradFunctor<Device, T>()(
                             ctx, args, grad.flat<T>().data()));
   }
@@ -1040,14 +1050,8 @@ class LookupDenseGradOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     LookupArgs<T> args;
-    OP_REQUIRES_OK(ctx, inputs_.Validate(ctx, 1, &args));
+    OP_REQUIRES_OK(ctx, ValidateGradInputs(ctx, inputs_, &args));
     const Tensor& grad = ctx->input(0);
-    OP_REQUIRES(ctx,
-                grad.dims() == 2 && grad.dim_size(0) == args.num_rows &&
-                    grad.dim_size(1) == args.dim,
-                errors::InvalidArgument(
-                    "grad must have the forward output's shape [", args.num_rows,
-                    ", ", args.dim, "], got ", grad.shape().DebugString()));
     Tensor* token_grad = nullptr;
     Tensor* weight_grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(4).shape(), &token_grad));
