@@ -45,6 +45,12 @@ Methods (bytes count every table: token + weight tables, both QR tables):
   memrec-paper-k{2,3}-{bf16,int8}  the paper's MEM-REC, token table served as
                         bfloat16 / int8 (weight table in float32); "memrec-paper-bf16"
                         and "memrec-paper-int8" = the better k by validation AUC
+  memrec-paper-k2-head[-int8]  an experiment: the paper's MEM-REC on hashed
+                        ids, except the H most frequent values, which own a
+                        row each; serving finds them in a sorted int64 table
+                        of the H head ids, 8 bytes each, counted. Head rows
+                        and ids take --head-fraction of the bytes (default
+                        sizing.HEAD_FRACTION), the paper's MEM-REC the rest
   "memrec_tf best"      per budget, the MEM-REC variant with the best mean
                         validation AUC (its test AUC is reported)
   "best served"         (raw regime) per budget, the method with the best mean
@@ -54,6 +60,12 @@ Methods (bytes count every table: token + weight tables, both QR tables):
     python benchmarks/accuracy_vs_memory.py --regime vocabulary  # mapping not counted
     python benchmarks/accuracy_vs_memory.py --quick              # see --quick below
     python benchmarks/accuracy_vs_memory.py --datasets frappe --seeds 5 --budgets 4,16
+    python benchmarks/accuracy_vs_memory.py --datasets zipf --batch-size 1024 ...  # see ZIPF
+
+Data sets: Frappe, MovieLens-100K, the Criteo sample (../shared/data), and
+"zipf", a synthetic large-vocabulary set (ZIPF: 2 features of 2M values,
+Zipf(1.05), 1M training rows; float32 full table 256 MB), not in the
+default --datasets.
 
 Resumable: runs already in --out (same dataset, method, budget, seed and
 protocol) are skipped. Skips a data set with a message when its files are
@@ -73,7 +85,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
-DATASETS = ("frappe", "movielens", "criteo")
+DATASETS = ("frappe", "movielens", "criteo", "zipf")
+# The synthetic large-vocabulary set ("zipf"): memrec_tf.data.SyntheticCriteo
+# with ZIPF["features"] features of ZIPF["values"] values each, Zipf(1.05)
+# frequencies and a planted per-value effect on the label; train rows from
+# stream 0, validation and test rows from stream 1.
+ZIPF = dict(features=2, values=2_000_000, zipf_exponent=1.05, num_dense=4,
+            rows=dict(train=1_000_000, dev=100_000, test=200_000), seed=0)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REGIMES = ("raw", "vocabulary")
 DEFAULT_OUT = {"raw": os.path.join(RESULTS, "accuracy_served.json"),
@@ -110,6 +128,8 @@ def load(name, frappe_fraction=1.0):
             d = mdata.load_movielens100k(seed=0)
         elif name == "criteo":
             d = mdata.load_criteo_sample()
+        elif name == "zipf":
+            d = zipf_data()
         else:
             raise ValueError(f"unknown data set {name!r}; have {DATASETS}")
     except FileNotFoundError as e:
@@ -139,6 +159,30 @@ def load(name, frappe_fraction=1.0):
             "cardinalities": [int(c) for c in d.spec.cardinalities], "vocabulary_size": V,
             "mapping_bytes": sizing.vocabulary_mapping_bytes(seen),
             "splits": out, "rows": {s: int(len(v["label"])) for s, v in out.items()}}
+
+
+def zipf_data():
+    """The synthetic large-vocabulary set (ZIPF) with global dense indices."""
+    import types
+    from memrec_tf.data.synthetic import SyntheticCriteo
+    cards = [ZIPF["values"]] * ZIPF["features"]
+    offsets = np.arange(len(cards), dtype=np.int64) * ZIPF["values"]
+    rows = ZIPF["rows"]
+
+    def draw(stream, n):
+        features, label = SyntheticCriteo(
+            cards, num_dense=ZIPF["num_dense"], num_rows=n, batch_size=n, seed=ZIPF["seed"],
+            stream=stream, zipf_exponent=ZIPF["zipf_exponent"]).batch(0)
+        return {"dense": features["dense"], "index": features["categorical"] + offsets,
+                "label": label}
+
+    held_out = draw(1, rows["dev"] + rows["test"])
+    cut = rows["dev"]
+    splits = {"train": draw(0, rows["train"]),
+              "dev": {k: v[:cut] for k, v in held_out.items()},
+              "test": {k: v[cut:] for k, v in held_out.items()}}
+    spec = types.SimpleNamespace(vocabulary_size=sum(cards), cardinalities=cards)
+    return types.SimpleNamespace(spec=spec, splits=splits)
 
 
 def run_key(r):
@@ -526,6 +570,8 @@ def main(argv=None):
     p.add_argument("--datasets", default="frappe,movielens,criteo")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per cell (default 5; 3 for criteo)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds first-seed .. seeds-1 (two processes can share the seeds)")
     p.add_argument("--budgets", default="4,16,64,256", help="compression factors of full")
     p.add_argument("--methods", default=None,
                    help="comma list (default: every method; with --report-only, every "
@@ -539,6 +585,9 @@ def main(argv=None):
     p.add_argument("--patience", type=int, default=PROTOCOL["patience"],
                    help="epochs without a better validation AUC before stopping")
     p.add_argument("--lr", type=float, default=PROTOCOL["lr"], help="Adam's learning rate")
+    p.add_argument("--batch-size", type=int, default=PROTOCOL["batch_size"],
+                   help="training batch (part of the protocol; the zipf set's 1M training "
+                        "rows ran at 1024, where 256 took 15 minutes a run at /4)")
     p.add_argument("--head-fraction", type=float, default=None,
                    help="memrec-vocab-head: share of the token rows that are head rows "
                         "(default: the share memrec plan recommends)")
@@ -556,7 +605,8 @@ def main(argv=None):
         frappe_fraction = QUICK["frappe_fraction"]
         args.out = args.out or DEFAULT_OUT[args.regime].replace(".json", "_quick.json")
     args.out = args.out or DEFAULT_OUT[args.regime]
-    PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience, lr=args.lr)
+    PROTOCOL.update(max_epochs=args.max_epochs, patience=args.patience, lr=args.lr,
+                    batch_size=args.batch_size)
     if args.regime == "raw":
         PROTOCOL.update(regime=RAW_REGIME)
     if args.head_fraction is not None:
@@ -593,7 +643,7 @@ def main(argv=None):
         loaded, todo = {}, []
         for ds in datasets:
             seeds = args.seeds or (3 if ds == "criteo" else 5)
-            for s in range(seeds):
+            for s in range(args.first_seed, seeds):
                 for m, b in grid(methods, budgets):
                     if (ds, m, b, s) not in done:
                         todo.append((ds, m, b, s))
@@ -623,7 +673,7 @@ def main(argv=None):
                 if same is not None:
                     rec.update(served_from(same, data, m, mapping))
                 else:
-                    rec.update(common.train_eval(data, m, b, s, batch_size=BATCH_SIZE,
+                    rec.update(common.train_eval(data, m, b, s, batch_size=args.batch_size,
                                                  max_epochs=args.max_epochs,
                                                  patience=args.patience, lr=args.lr,
                                                  head_fraction=args.head_fraction,

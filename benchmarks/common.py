@@ -26,19 +26,21 @@ import numpy as np
 METHODS = ("full", "full-int8", "hashing", "qr", "memrec-paper-k2", "memrec-paper-k3",
            "memrec-paper-k2-bf16", "memrec-paper-k3-bf16", "memrec-paper-k2-int8",
            "memrec-paper-k3-int8", "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
-           "memrec-vocab-head", "hashing-int8")
+           "memrec-vocab-head", "hashing-int8", "memrec-paper-k2-head", "memrec-paper-k2-head-int8")
 # One cell each (budget 1): the full tables, whatever they take.
 FULL_METHODS = ("full", "full-int8")
 MEMREC_VARIANTS = ("memrec-paper-k2", "memrec-paper-k3", "memrec-paper-k2-bf16",
                    "memrec-paper-k3-bf16", "memrec-paper-k2-int8", "memrec-paper-k3-int8",
                    "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
-                   "memrec-vocab-head")
+                   "memrec-vocab-head", "memrec-paper-k2-head", "memrec-paper-k2-head-int8")
 # Methods that read the dense frequency index: with raw ids they need the
 # id -> index mapping, which the raw-ids regime counts in their bytes.
 DENSE_INDEX_METHODS = ("full", "qr", "memrec-vocab", "memrec-vocab-noW", "memrec-vocab-perhash",
                        "memrec-vocab-head")
 DTYPE_SUFFIXES = {"-bf16": "bfloat16", "-int8": "int8"}
 WEIGHT_FRACTION = 0.125
+# Bytes of one head id in the sorted int64 table that finds head values.
+HEAD_ID_BYTES = 8
 
 
 def split_method(method):
@@ -121,6 +123,8 @@ def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
         elif base == "qr":
             c = sizing.qr_config(dim, combine="product", **sized)
             embedding, kind = "qr", "global"
+        elif base.startswith("memrec-paper-k") and base.endswith("-head"):
+            return head_rows_config(method, V, dim, budget, head_fraction)
         elif base.startswith("memrec-paper-k"):
             k = int(base.rsplit("k", 1)[1])
             c = sizing.memrec_config(dim, weight_fraction=WEIGHT_FRACTION, num_hashes=k,
@@ -146,9 +150,91 @@ def method_config(method, vocabulary_size, cardinalities, compression, dim=16,
                 table_bytes=c.bytes, mapping_bytes=mapping, bytes=c.bytes + mapping)
 
 
-def served_table_bytes(embedding, table_shapes, table_dtype):
-    """Served bytes of an embedding layer's tables (MEM-REC: token, weight)."""
+def head_rows_config(method, vocabulary_size, dim, budget, head_fraction=None):
+    """memrec-paper-k{k}-head: the paper's MEM-REC on hashed ids, except the H
+    most frequent values, which own a row each (an experiment, `HeadRowsMemRec`).
+
+    Serving finds a head value in a sorted int64 table of the H head ids, so
+    each head value costs its row (as served) and 8 bytes, counted in
+    `mapping_bytes`. head_fraction (default sizing.HEAD_FRACTION) is the
+    share of the budget spent on head values, rows and ids; the paper's
+    MEM-REC is sized to the rest.
+    """
     from memrec_tf import sizing
+    from memrec_tf.ops import quantize
+    base, table_dtype = split_method(method)
+    k = int(base[len("memrec-paper-k"):-len("-head")])
+    if head_fraction is None:
+        head_fraction = sizing.HEAD_FRACTION
+    per_head = quantize.row_bytes(dim, table_dtype) + HEAD_ID_BYTES
+    heads = min(int(head_fraction * budget) // per_head, vocabulary_size)
+    if heads < 1:
+        raise ValueError(f"a budget of {budget} bytes holds no head row of {per_head} bytes")
+    rest = budget - heads * per_head
+    c = sizing.memrec_config(dim, vocabulary_size=vocabulary_size, budget=rest,
+                             weight_fraction=WEIGHT_FRACTION, num_hashes=k,
+                             table_dtype=table_dtype)
+    head_table = sizing.stored_table_bytes([(heads, dim)], table_dtype)
+    return dict(embedding="memrec-head", options=dict(c.options, num_head_ids=heads),
+                kind="hashed", table_dtype=table_dtype, table_bytes=c.bytes + head_table,
+                mapping_bytes=heads * HEAD_ID_BYTES,
+                bytes=c.bytes + head_table + heads * HEAD_ID_BYTES)
+
+
+def head_rows_layer(dim, cardinalities, seed, options):
+    """The `HeadRowsMemRec` layer of a head_rows_config's options."""
+    import tensorflow as tf
+    from memrec_tf.layers.categorical import CategoricalEmbedding
+    from memrec_tf.layers.memrec_features import SharedMemRecEmbedding
+    from memrec_tf.sizing import tables
+
+    class HeadRowsMemRec(CategoricalEmbedding):
+        """Ids below num_head_ids (the most frequent values of a frequency-
+        ranked index) read a row of their own; every other id reads the
+        paper's MEM-REC on its hashed id. `mapping_bytes` counts the sorted
+        int64 table of head ids that serving raw ids needs."""
+
+        def __init__(self, output_dim, cardinalities, num_head_ids, seed=0, **memrec_options):
+            super().__init__(output_dim, cardinalities, seed=seed)
+            self.num_head_ids = int(num_head_ids)
+            self.memrec = SharedMemRecEmbedding(output_dim, cardinalities, seed=seed,
+                                                name="memrec", **memrec_options)
+
+        def build(self, input_shape):
+            self.head_table = self.add_weight(name="head_table",
+                                              shape=(self.num_head_ids, self.output_dim),
+                                              initializer="uniform", trainable=True)
+            self.memrec.build(input_shape)
+            self.built = True
+
+        def table_shapes(self):
+            return [(self.num_head_ids, self.output_dim)] + self.memrec.table_shapes()
+
+        @property
+        def mapping_bytes(self):
+            return self.num_head_ids * HEAD_ID_BYTES
+
+        def stored_bytes(self, table_dtype):
+            return (tables.stored_table_bytes(self.table_shapes()[:1], table_dtype)
+                    + self.memrec.stored_bytes(table_dtype))
+
+        def call(self, ids):
+            ids = tf.cast(ids, tf.int64)
+            is_head = ids < self.num_head_ids
+            head = tf.gather(self.head_table, tf.where(is_head, ids, tf.zeros_like(ids)))
+            return tf.where(is_head[..., None], head, self.memrec(ids))
+
+    options = dict(options)
+    return HeadRowsMemRec(dim, cardinalities, options.pop("num_head_ids"), seed=seed, **options)
+
+
+def served_table_bytes(embedding, table_shapes, table_dtype):
+    """Served bytes of an embedding layer's tables (MEM-REC: token, weight;
+    with head rows: head, token, weight)."""
+    from memrec_tf import sizing
+    if embedding == "memrec-head":
+        return (sizing.stored_table_bytes(table_shapes[:2], table_dtype)
+                + sizing.stored_table_bytes(table_shapes[2:], sizing.WEIGHT_TABLE_DTYPE))
     if embedding == "memrec":
         return (sizing.stored_table_bytes(table_shapes[:1], table_dtype)
                 + sizing.stored_table_bytes(table_shapes[1:], sizing.WEIGHT_TABLE_DTYPE))
@@ -209,9 +295,13 @@ def train_eval(data, method, compression, seed, *, dim=16, top_mlp=(64, 32), bat
     spec = FeatureSpec.of(num_dense=data["num_dense"],
                           cardinalities=tuple(data["cardinalities"]),
                           vocabulary_size=V if config["kind"] == "global" else 0)
-    model = models.build_model("dlrm", spec, embedding=config["embedding"],
-                               embedding_options=config["options"], embedding_dim=dim,
-                               seed=seed, top_mlp=top_mlp)
+    if config["embedding"] == "memrec-head":
+        model = models.build_dlrm(spec, head_rows_layer(dim, spec.cardinalities, seed,
+                                                        config["options"]), top_mlp=top_mlp)
+    else:
+        model = models.build_model("dlrm", spec, embedding=config["embedding"],
+                                   embedding_options=config["options"], embedding_dim=dim,
+                                   seed=seed, top_mlp=top_mlp)
     report = models.embedding_report(model)
     shapes = [s for layer in models.embedding_layers(model) for s in layer.table_shapes()]
     served = served_table_bytes(config["embedding"], shapes, config["table_dtype"])
