@@ -12,6 +12,10 @@ optimizer, every variant is timed side by side (interleaved rounds, medians):
 * keras:  keras.layers.Embedding with the Keras optimizer.
 * fused:  MemRecEmbedding(implementation="fused") with the Keras optimizer.
 * core:   MemRecEmbedding(implementation="core") with the Keras optimizer.
+* --breakdown: the fused layer's forward alone, its step without the
+          apply ("no apply": forward, loss, backward, gradients
+          materialised) and the loss alone ("loss only"): what the step
+          spends where.
 * fused sparse: the fused layer with its gradients forced to IndexedSlices
           (`memrec_tf.ops.gradient_format("sparse")`), for comparison with
           the dense gradients that small tables get by default.
@@ -151,6 +155,17 @@ def loss_step(ids, target):
     return step
 
 
+def gradient_step(layer, ids, target):
+    """The fused step without the optimizer: forward, loss and backward,
+    the gradients returned (materialised) but not applied."""
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(layer(ids) - target))
+        return tape.gradient(loss, layer.trainable_variables)
+    return step
+
+
 def raw_step(name, table, slots, ids, target):
     counter = tf.Variable(0, dtype=tf.int64)
 
@@ -191,8 +206,13 @@ def case_steps(args, rows, distribution, optimizer_name, rng):
             steps[f"{implementation} k={k}"] = keras_step(
                 memrec_layer(args, k, implementation), make_optimizer(optimizer_name), ids,
                 target)
-    if args.loss_reference:
+    if args.loss_reference or args.breakdown:
         steps["loss only"] = loss_step(ids, target)
+    if args.breakdown:
+        for k in args.k:
+            layer = memrec_layer(args, k, "fused")
+            steps[f"fused k={k} forward"] = tf.function(lambda layer=layer: layer(ids))
+            steps[f"fused k={k} no apply"] = gradient_step(layer, ids, target)
     if args.sparse_variant:
         k = max(args.k)
         steps[f"fused sparse k={k}"] = keras_step(
@@ -268,6 +288,9 @@ def main(argv=None):
                         help="leave out the fused layer with sparse gradients")
     parser.add_argument("--loss-reference", action="store_true",
                         help="also time the loss's forward and backward alone")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the fused layer's forward alone and its step without "
+                             "the optimizer's apply (gradients materialised), and the loss alone")
     parser.add_argument("--memory-budget-gib", type=float, default=11.0,
                         help="leave out Keras variants whose estimated peak exceeds this")
     parser.add_argument("--rounds", type=int, default=5)
@@ -306,8 +329,10 @@ def main(argv=None):
     variants = ["raw", "keras"] + [f"{i} k={k}" for k in args.k for i in args.implementations]
     if args.sparse_variant:
         variants.append(f"fused sparse k={max(args.k)}")
-    if args.loss_reference:
+    if args.loss_reference or args.breakdown:
         variants.append("loss only")
+    if args.breakdown:
+        variants += [f"fused k={k} {part}" for k in args.k for part in ("forward", "no apply")]
     print("| rows | ids | optimizer | " + " | ".join(variants) + " |")
     print("|---|---|---|" + "---|" * len(variants))
     for rows in [] if args.plot_only else args.rows:
@@ -335,6 +360,18 @@ def main(argv=None):
             keras_ratio = f"{m['keras'] / m[fused]:.2f}x" if "keras" in m else "-"
             print(f"| {r['rows']:,} | {r['ids']} | {r['optimizer']} | "
                   f"{m['raw'] / m[fused]:.2f}x | {keras_ratio} |")
+    if args.breakdown and results:
+        print("\nwhere the fused step goes (ms, medians of the same case): forward; backward "
+              "(no apply - forward - loss only); apply (step - no apply)")
+        print("| rows | ids | optimizer | k | step | forward | loss only | backward | apply |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in results:
+            m = r["median_ms"]
+            for k in args.k:
+                step, fwd = m[f"fused k={k}"], m[f"fused k={k} forward"]
+                grad, loss = m[f"fused k={k} no apply"], m["loss only"]
+                print(f"| {r['rows']:,} | {r['ids']} | {r['optimizer']} | {k} | {step:.1f} | "
+                      f"{fwd:.1f} | {loss:.1f} | {grad - fwd - loss:.1f} | {step - grad:.1f} |")
     record = {"args": vars(args), "results": results, "cpu": cpu_name(),
               "cores": os.cpu_count(), "tensorflow": tf.__version__,
               "keras": keras.__version__}
