@@ -587,7 +587,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=PROTOCOL["lr"], help="Adam's learning rate")
     p.add_argument("--batch-size", type=int, default=PROTOCOL["batch_size"],
                    help="training batch (part of the protocol; the zipf set's 1M training "
-                        "rows ran at 1024, where 256 took 15 minutes a run at /4)")
+                        "rows ran at 1024: at 256 a run at /4 took over 10 minutes)")
     p.add_argument("--head-fraction", type=float, default=None,
                    help="memrec-vocab-head: share of the token rows that are head rows "
                         "(default: the share memrec plan recommends)")
