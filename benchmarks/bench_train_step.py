@@ -12,10 +12,11 @@ optimizer, every variant is timed side by side (interleaved rounds, medians):
 * keras:  keras.layers.Embedding with the Keras optimizer.
 * fused:  MemRecEmbedding(implementation="fused") with the Keras optimizer.
 * core:   MemRecEmbedding(implementation="core") with the Keras optimizer.
-* --breakdown: the fused layer's forward alone, its step without the
-          apply ("no apply": forward, loss, backward, gradients
-          materialised) and the loss alone ("loss only"): what the step
-          spends where.
+* --breakdown: a group of its own, timed after the table: the fused
+          layer's step (Keras optimizer), its forward alone, its step
+          without the apply ("no apply": forward, loss, backward, gradients
+          materialised), the optimizer's apply alone (fixed dense
+          gradients) and the loss alone: what the step spends where.
 * fused sparse: the fused layer with its gradients forced to IndexedSlices
           (`memrec_tf.ops.gradient_format("sparse")`), for comparison with
           the dense gradients that small tables get by default.
@@ -166,6 +167,18 @@ def gradient_step(layer, ids, target):
     return step
 
 
+def apply_step(layer, optimizer, rng):
+    """The Keras optimizer's apply alone: fixed dense gradients of the
+    layer's tables applied to them."""
+    variables = layer.trainable_variables
+    grads = [tf.constant(rng.standard_normal(v.shape), tf.float32) for v in variables]
+
+    @tf.function
+    def step():
+        optimizer.apply_gradients(zip(grads, variables))
+    return step
+
+
 def raw_step(name, table, slots, ids, target):
     counter = tf.Variable(0, dtype=tf.int64)
 
@@ -206,18 +219,34 @@ def case_steps(args, rows, distribution, optimizer_name, rng):
             steps[f"{implementation} k={k}"] = keras_step(
                 memrec_layer(args, k, implementation), make_optimizer(optimizer_name), ids,
                 target)
-    if args.loss_reference or args.breakdown:
+    if args.loss_reference:
         steps["loss only"] = loss_step(ids, target)
-    if args.breakdown:
-        for k in args.k:
-            layer = memrec_layer(args, k, "fused")
-            steps[f"fused k={k} forward"] = tf.function(lambda layer=layer: layer(ids))
-            steps[f"fused k={k} no apply"] = gradient_step(layer, ids, target)
     if args.sparse_variant:
         k = max(args.k)
         steps[f"fused sparse k={k}"] = keras_step(
             memrec_layer(args, k, "fused"), make_optimizer(optimizer_name), ids, target,
             gradient="sparse")
+    return steps
+
+
+def breakdown_steps(args, optimizer_name, rng):
+    """{part: callable} of the fused step's parts, timed as a group of their
+    own: beside the full tables' cases, which evict the caches, differences
+    of medians between cases would not mean much."""
+    ids = tf.constant(rng.integers(0, 1 << 40, (args.batch, args.features)), tf.int64)
+    target = tf.constant(rng.standard_normal((args.batch, args.features, args.dim)), tf.float32)
+    steps = {"loss only": loss_step(ids, target)}
+    # Each part has a layer of its own: a part that ran right after another on
+    # the same tables would find them in the cache, and the difference
+    # between two parts would measure the cache.
+    for k in args.k:
+        steps[f"k={k} step"] = keras_step(memrec_layer(args, k, "fused"),
+                                          make_optimizer(optimizer_name), ids, target)
+        forward = memrec_layer(args, k, "fused")
+        steps[f"k={k} forward"] = tf.function(lambda layer=forward: layer(ids))
+        steps[f"k={k} no apply"] = gradient_step(memrec_layer(args, k, "fused"), ids, target)
+        steps[f"k={k} apply only"] = apply_step(memrec_layer(args, k, "fused"),
+                                                make_optimizer(optimizer_name), rng)
     return steps
 
 
@@ -289,8 +318,9 @@ def main(argv=None):
     parser.add_argument("--loss-reference", action="store_true",
                         help="also time the loss's forward and backward alone")
     parser.add_argument("--breakdown", action="store_true",
-                        help="also time the fused layer's forward alone and its step without "
-                             "the optimizer's apply (gradients materialised), and the loss alone")
+                        help="also time, as a group of their own, the fused layer's step, its "
+                             "forward alone, its step without the optimizer's apply (gradients "
+                             "materialised) and the loss alone")
     parser.add_argument("--memory-budget-gib", type=float, default=11.0,
                         help="leave out Keras variants whose estimated peak exceeds this")
     parser.add_argument("--rounds", type=int, default=5)
@@ -329,10 +359,8 @@ def main(argv=None):
     variants = ["raw", "keras"] + [f"{i} k={k}" for k in args.k for i in args.implementations]
     if args.sparse_variant:
         variants.append(f"fused sparse k={max(args.k)}")
-    if args.loss_reference or args.breakdown:
+    if args.loss_reference:
         variants.append("loss only")
-    if args.breakdown:
-        variants += [f"fused k={k} {part}" for k in args.k for part in ("forward", "no apply")]
     print("| rows | ids | optimizer | " + " | ".join(variants) + " |")
     print("|---|---|---|" + "---|" * len(variants))
     for rows in [] if args.plot_only else args.rows:
@@ -360,19 +388,26 @@ def main(argv=None):
             keras_ratio = f"{m['keras'] / m[fused]:.2f}x" if "keras" in m else "-"
             print(f"| {r['rows']:,} | {r['ids']} | {r['optimizer']} | "
                   f"{m['raw'] / m[fused]:.2f}x | {keras_ratio} |")
-    if args.breakdown and results:
-        print("\nwhere the fused step goes (ms, medians of the same case): forward; backward "
-              "(no apply - forward - loss only); apply (step - no apply)")
-        print("| rows | ids | optimizer | k | step | forward | loss only | backward | apply |")
+    breakdown = []
+    if args.breakdown:
+        print("\nwhere the fused step goes (ms, medians of a group of its own): forward; "
+              "backward = no apply - forward - loss only; apply = step - no apply")
+        print("| optimizer | k | step | forward | loss only | backward | apply | no apply | "
+              "apply only |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for r in results:
-            m = r["median_ms"]
+        for name in args.optimizers:
+            samples = interleaved_times(breakdown_steps(args, name, rng), args.rounds,
+                                        args.repeats, warmup=2)
+            m = {v: statistics.median(t) for v, t in samples.items()}
+            breakdown.append(dict(optimizer=name, median_ms=m))
             for k in args.k:
-                step, fwd = m[f"fused k={k}"], m[f"fused k={k} forward"]
-                grad, loss = m[f"fused k={k} no apply"], m["loss only"]
-                print(f"| {r['rows']:,} | {r['ids']} | {r['optimizer']} | {k} | {step:.1f} | "
-                      f"{fwd:.1f} | {loss:.1f} | {grad - fwd - loss:.1f} | {step - grad:.1f} |")
-    record = {"args": vars(args), "results": results, "cpu": cpu_name(),
+                step, fwd = m[f"k={k} step"], m[f"k={k} forward"]
+                grad, loss = m[f"k={k} no apply"], m["loss only"]
+                print(f"| {name} | {k} | {step:.1f} | {fwd:.1f} | {loss:.1f} | "
+                      f"{grad - fwd - loss:.1f} | {step - grad:.1f} | {grad:.1f} | "
+                      f"{m[f'k={k} apply only']:.1f} |", flush=True)
+    record = {"args": vars(args), "results": results, "breakdown": breakdown,
+              "cpu": cpu_name(),
               "cores": os.cpu_count(), "tensorflow": tf.__version__,
               "keras": keras.__version__}
     if args.json:  # before the plot, which may run out of time or memory
