@@ -589,8 +589,10 @@ def main(argv=None):
                    help="training batch (part of the protocol; the zipf set's 1M training "
                         "rows ran at 1024: at 256 a run at /4 took over 10 minutes)")
     p.add_argument("--head-fraction", type=float, default=None,
-                   help="memrec-vocab-head: share of the token rows that are head rows "
-                        "(default: the share memrec plan recommends)")
+                   help="memrec-vocab-head: share of the token rows that are head rows; "
+                        "memrec-paper-k2-head*: share of the bytes spent on head rows and "
+                        "their ids (default for both: sizing.HEAD_FRACTION, the share "
+                        "memrec plan recommends)")
     p.add_argument("--regime", choices=REGIMES, default="raw",
                    help="raw: the model reads raw ids, mappings counted; vocabulary: the "
                         "mapping is common to all methods, not counted")

@@ -320,7 +320,7 @@ def main(argv=None):
     parser.add_argument("--breakdown", action="store_true",
                         help="also time, as a group of their own, the fused layer's step, its "
                              "forward alone, its step without the optimizer's apply (gradients "
-                             "materialised) and the loss alone")
+                             "materialised), the apply alone and the loss alone")
     parser.add_argument("--memory-budget-gib", type=float, default=11.0,
                         help="leave out Keras variants whose estimated peak exceeds this")
     parser.add_argument("--rounds", type=int, default=5)
