@@ -514,7 +514,7 @@ def test_failure_midway_keeps_the_old_model(ctr, batch, expected, tmp_path, monk
     real_write = export_lib.writing.write_saved_model
 
     def write_then_fail(model, staged, specs, **options):
-        real_write(model, staged, specs)  # a complete model in the scratch dir ...
+        real_write(model, staged, specs, **options)  # a complete model in the scratch dir ...
         with open(os.path.join(staged, "saved_model.pb"), "wb") as f:
             f.write(b"half")  # ... then a torn write
         raise OSError("device lost")
