@@ -15,6 +15,8 @@
 #include "memrec_functors.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/util/work_sharder.h"
@@ -125,6 +127,9 @@ Status ParseCombiner(const std::string& name, int* combiner) {
 // Positions of a lookup op's inputs; token_scales < 0: the op has none.
 struct InputPositions {
   int ids, row_splits, weights, token_table, token_scales, weight_table;
+  // The token table's value when it is not an input tensor (a variable
+  // updated in place), else null.
+  const Tensor* token_table_value = nullptr;
 
   // ids, row_splits, weights, token_table, weight_table from `first` on.
   static InputPositions Consecutive(int first) {
@@ -164,7 +169,8 @@ class LookupInputs {
     const Tensor& ids = ctx->input(at.ids);
     const Tensor& splits = ctx->input(at.row_splits);
     const Tensor& weights = ctx->input(at.weights);
-    const Tensor& table = ctx->input(at.token_table);
+    const Tensor& table =
+        at.token_table_value ? *at.token_table_value : ctx->input(at.token_table);
     const Tensor& weight_table = ctx->input(at.weight_table);
     if (ids.dims() != 1) {
       return errors::InvalidArgument("ids must be a vector (rank 1), got shape ",
@@ -841,13 +847,69 @@ struct LookupGradFunctor<CPUDevice, T> {
 
 namespace {
 
+// Sums each token row's gradient into sums[row * d ...] without grouping
+// the slots by row. Each part owns a range of token rows, scans every slot in
+// ascending order and adds those of its rows, scaled, into `sums` (the first
+// one stored, not added, so that `sums` need not be zeroed first; `seen`
+// marks the rows written), then calls finish_part(lo, hi) on its rows while
+// they are still warm. Sums run in the order of the sparse kernel: ascending
+// slot order within a row.
+template <typename T, typename Acc, typename FinishPart>
+void ScatterTokenRows(OpKernelContext* ctx, const LookupArgs<T>& a,
+                      const GradientEntries<T>& e, const T* grad, Acc* sums,
+                      char* seen, FinishPart finish_part) {
+  const int k = a.signature.num_hashes;
+  const int64_t m = a.signature.num_token_rows, d = a.dim;
+  const int64_t slots = static_cast<int64_t>(e.token_rows.size());
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  const int64_t parts = std::max(1, workers->NumThreads());
+  auto scatter = [&](int64_t p_begin, int64_t p_end) {
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
+      for (int64_t i = 0; i < slots; ++i) {
+        // Rows are written in random order: fetch them ahead.
+        const int64_t i_ahead = i + kAhead * k;
+        if (i_ahead < slots) {
+          const int64_t ahead = e.token_rows[i_ahead];
+          if (ahead >= lo && ahead < hi) PrefetchRow(sums + ahead * d, d);
+        }
+        const int64_t row = e.token_rows[i];
+        if (row < lo || row >= hi) continue;
+        const T* g = grad + e.out_row[i / k] * d;
+        Acc* acc = sums + row * d;
+        const Acc f = e.slot_factor[i];
+        if (!seen[row]) {
+          seen[row] = 1;
+          for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
+        } else {
+          AddScaledRow(acc, g, f, d);
+        }
+      }
+      finish_part(lo, hi);
+    }
+  };
+  ParallelFor(ctx, parts, slots * (d * kColumnCost + kSlotScanCost) + m * d * kColumnCost,
+              scatter);
+}
+
+// Sums each entry's dots into its weight row, in ascending entry order
+// (the weight table is small: one thread, in cache).
+template <typename T, typename Acc>
+void WeightScatter(const GradientEntries<T>& e, int kw, int width, int64_t m_w,
+                   Acc* weight_sums) {
+  std::fill(weight_sums, weight_sums + m_w * width, Acc(0));
+  const int64_t entries = static_cast<int64_t>(e.weight_rows.size());
+  for (int64_t i = 0; i < entries; ++i) {
+    const Acc* dot = &e.dots[(i / kw) * width];
+    Acc* acc = weight_sums + e.weight_rows[i] * width;
+    for (int c = 0; c < width; ++c) acc[c] += dot[c];
+  }
+}
+
 // The gradients of both tables as dense [m, d] and [m_w, width] tensors
-// (MemRecLookupGradDense, CPU only): no grouping of the slots by row. Each
-// part owns a range of token rows, scans every slot in ascending order and
-// adds those of its rows, scaled, straight into the output (the first one
-// stored, not added, so that the output need not be zeroed first), then
-// zeroes its rows that no slot touched. Sums run in the order of the sparse
-// kernel: ascending slot order within a row.
+// (MemRecLookupGradDense, CPU only): the token rows summed by
+// ScatterTokenRows straight into the output, then the rows that no slot
+// touched zeroed.
 template <typename T>
 struct LookupDenseGradFunctor {
   using Acc = typename AccumulatorOf<T>::type;
@@ -856,11 +918,9 @@ struct LookupDenseGradFunctor {
                     T* token_out, T* weight_out) {
     GradientEntries<T> e;
     e.Compute(ctx, a, grad);
-    const int k = a.signature.num_hashes, kw = a.signature.num_weight_hashes;
     const int width = a.weight_width;
     const int64_t m = a.signature.num_token_rows, d = a.dim;
     const int64_t m_w = a.signature.num_weight_rows;
-    const int64_t slots = static_cast<int64_t>(e.token_rows.size());
     // Half-precision tables sum in float scratch blocks, converted at the end.
     Tensor token_scratch, weight_scratch;
     Acc* sums = reinterpret_cast<Acc*>(token_out);
@@ -874,38 +934,12 @@ struct LookupDenseGradFunctor {
       weight_sums = weight_scratch.flat<Acc>().data();
     }
     std::vector<char> seen(m, 0);
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    const int64_t parts = std::max(1, workers->NumThreads());
-    auto scatter = [&](int64_t p_begin, int64_t p_end) {
-      for (int64_t p = p_begin; p < p_end; ++p) {
-        const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
-        for (int64_t i = 0; i < slots; ++i) {
-          // Rows are written in random order: fetch them ahead.
-          const int64_t i_ahead = i + kAhead * k;
-          if (i_ahead < slots) {
-            const int64_t ahead = e.token_rows[i_ahead];
-            if (ahead >= lo && ahead < hi) PrefetchRow(sums + ahead * d, d);
-          }
-          const int64_t row = e.token_rows[i];
-          if (row < lo || row >= hi) continue;
-          const T* g = grad + e.out_row[i / k] * d;
-          Acc* acc = sums + row * d;
-          const Acc f = e.slot_factor[i];
-          if (!seen[row]) {
-            seen[row] = 1;
-            for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
-          } else {
-            AddScaledRow(acc, g, f, d);
-          }
-        }
-        for (int64_t row = lo; row < hi; ++row) {
-          if (!seen[row]) std::fill(sums + row * d, sums + (row + 1) * d, Acc(0));
-        }
+    ScatterTokenRows(ctx, a, e, grad, sums, seen.data(), [&](int64_t lo, int64_t hi) {
+      for (int64_t row = lo; row < hi; ++row) {
+        if (!seen[row]) std::fill(sums + row * d, sums + (row + 1) * d, Acc(0));
       }
-    };
-    ParallelFor(ctx, parts, slots * (d * kColumnCost + kSlotScanCost) + m * d * kColumnCost,
-                scatter);
-    WeightScatter(e, kw, width, m_w, weight_sums);
+    });
+    WeightScatter(e, a.signature.num_weight_hashes, width, m_w, weight_sums);
     if (!std::is_same<T, Acc>::value) {
       auto convert = [&](const Acc* from, T* to, int64_t cols) {
         return [=](int64_t begin, int64_t end) {
@@ -918,19 +952,55 @@ struct LookupDenseGradFunctor {
     }
     return ::tensorflow::OkStatus();
   }
+};
 
- private:
-  // Sums each entry's dots into its weight row, in ascending entry order
-  // (the weight table is small: one thread, in cache).
-  static void WeightScatter(const GradientEntries<T>& e, int kw, int width, int64_t m_w,
-                            Acc* weight_sums) {
-    std::fill(weight_sums, weight_sums + m_w * width, Acc(0));
-    const int64_t entries = static_cast<int64_t>(e.weight_rows.size());
-    for (int64_t i = 0; i < entries; ++i) {
-      const Acc* dot = &e.dots[(i / kw) * width];
-      Acc* acc = weight_sums + e.weight_rows[i] * width;
-      for (int c = 0; c < width; ++c) acc[c] += dot[c];
+// Keras' update of one token row from its summed gradient g (no FMA: the
+// products and sums round as Keras' separate ops round them).
+struct SgdRowUpdate {
+  float learning_rate;
+  void operator()(float* row, const float* g, int64_t /*r*/, int64_t d) const {
+    for (int64_t c = 0; c < d; ++c) row[c] = row[c] - g[c] * learning_rate;
+  }
+};
+
+struct AdagradRowUpdate {
+  float learning_rate;
+  float epsilon;
+  float* accumulator;  // [m, d]
+  void operator()(float* row, const float* g, int64_t r, int64_t d) const {
+    float* acc = accumulator + r * d;
+    for (int64_t c = 0; c < d; ++c) {
+      const float square = g[c] * g[c];
+      acc[c] = acc[c] + square;
+      const float step = learning_rate * g[c];
+      row[c] = row[c] - step / std::sqrt(acc[c] + epsilon);
     }
+  }
+};
+
+// MemRecLookupGradApply: the token rows summed by ScatterTokenRows into a
+// scratch block, each part's touched rows updated in place right after its
+// scatter; the weight table's gradient written to weight_out.
+struct LookupGradApplyFunctor {
+  template <typename RowUpdate>
+  Status operator()(OpKernelContext* ctx, const LookupArgs<float>& a, const float* grad,
+                    float* table, const RowUpdate& update, float* weight_out) {
+    GradientEntries<float> e;
+    e.Compute(ctx, a, grad);  // the dots read the table before the update
+    const int64_t m = a.signature.num_token_rows, d = a.dim;
+    Tensor scratch;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(::tensorflow::DT_FLOAT, TensorShape({m * d}),
+                                          &scratch));
+    float* sums = scratch.flat<float>().data();
+    std::vector<char> seen(m, 0);
+    ScatterTokenRows(ctx, a, e, grad, sums, seen.data(), [&](int64_t lo, int64_t hi) {
+      for (int64_t row = lo; row < hi; ++row) {
+        if (seen[row]) update(table + row * d, sums + row * d, row, d);
+      }
+    });
+    WeightScatter(e, a.signature.num_weight_hashes, a.weight_width,
+                  a.signature.num_weight_rows, weight_out);
+    return ::tensorflow::OkStatus();
   }
 };
 
@@ -1006,11 +1076,14 @@ class QuantizedLookupOp : public OpKernel {
 };
 
 // The inputs of a gradient op: those of the forward op after `grad` (input
-// 0), and `grad` of the forward output's shape.
+// 0), and `grad` of the forward output's shape. `token_table_value` is the
+// token table when input 4 is the handle of a variable, else null.
 template <typename T>
 Status ValidateGradInputs(OpKernelContext* ctx, const LookupInputs<T>& inputs,
-                          LookupArgs<T>* args) {
-  TF_RETURN_IF_ERROR(inputs.Validate(ctx, 1, args));
+                          LookupArgs<T>* args, const Tensor* token_table_value = nullptr) {
+  InputPositions at = InputPositions::Consecutive(1);
+  at.token_table_value = token_table_value;
+  TF_RETURN_IF_ERROR(inputs.Validate(ctx, at, args));
   const Tensor& grad = ctx->input(0);
   if (grad.dims() != 2 || grad.dim_size(0) != args->num_rows ||
       grad.dim_size(1) != args->dim) {
@@ -1064,6 +1137,100 @@ class LookupDenseGradOp : public OpKernel {
 
  private:
   LookupInputs<T> inputs_;
+};
+
+// MemRecLookupGradApply: CPU only, float32 (see LookupGradApplyFunctor).
+class LookupGradApplyOp : public OpKernel {
+ public:
+  explicit LookupGradApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, inputs_.Read(ctx));
+    std::string optimizer;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("optimizer", &optimizer));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_slots", &num_slots_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+    adagrad_ = optimizer == "adagrad";
+    OP_REQUIRES(ctx, num_slots_ == (adagrad_ ? 1 : 0),
+                errors::InvalidArgument("optimizer '", optimizer, "' takes ",
+                                        adagrad_ ? 1 : 0, " slot variables, got ",
+                                        num_slots_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    // The token table, then the slots: distinct variables, locked in
+    // address order (as TensorFlow's training ops lock theirs).
+    std::vector<::tensorflow::core::RefCountPtr<::tensorflow::Var>> vars(1 + num_slots_);
+    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, kTableInput), &vars[0]));
+    for (int i = 0; i < num_slots_; ++i) {
+      OP_REQUIRES_OK(ctx,
+                     LookupResource(ctx, HandleFromInput(ctx, kTableInput + 2 + i), &vars[1 + i]));
+    }
+    std::vector<::tensorflow::mutex*> mutexes;
+    for (auto& var : vars) mutexes.push_back(var->mu());
+    std::sort(mutexes.begin(), mutexes.end());
+    OP_REQUIRES(ctx, std::adjacent_find(mutexes.begin(), mutexes.end()) == mutexes.end(),
+                errors::InvalidArgument("the token table and its slots must be distinct "
+                                        "variables"));
+    std::vector<std::unique_ptr<::tensorflow::mutex_lock>> locks;
+    for (auto* mu : mutexes) locks.emplace_back(new ::tensorflow::mutex_lock{*mu});
+
+    Tensor* table = vars[0]->tensor();
+    OP_REQUIRES(ctx, vars[0]->is_initialized && table->dtype() == ::tensorflow::DT_FLOAT,
+                errors::InvalidArgument("token_table must be an initialized float32 variable"));
+    for (int i = 0; i < num_slots_; ++i) {
+      const Tensor& slot = *vars[1 + i]->tensor();
+      OP_REQUIRES(ctx, vars[1 + i]->is_initialized && slot.dtype() == ::tensorflow::DT_FLOAT &&
+                           slot.shape() == table->shape(),
+                  errors::InvalidArgument("slot ", i, " must be an initialized float32 "
+                                          "variable of the token table's shape ",
+                                          table->shape().DebugString(), ", got ",
+                                          slot.shape().DebugString()));
+    }
+    const Tensor& learning_rate = ctx->input(kTableInput + 2 + num_slots_);
+    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(learning_rate.shape()),
+                errors::InvalidArgument("learning_rate must be a scalar, got shape ",
+                                        learning_rate.shape().DebugString()));
+    for (auto& var : vars) OP_REQUIRES_OK(ctx, PrepareToUpdate(ctx, var.get()));
+
+    LookupArgs<float> args;
+    OP_REQUIRES_OK(ctx, ValidateGradInputs(ctx, inputs_, &args, table));
+    Tensor* weight_grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(kTableInput + 1).shape(),
+                                             &weight_grad));
+    const float lr = learning_rate.scalar<float>()();
+    const float* grad = ctx->input(0).flat<float>().data();
+    float* values = table->flat<float>().data();
+    float* weight_out = weight_grad->flat<float>().data();
+    if (adagrad_) {
+      const AdagradRowUpdate update{lr, epsilon_, vars[1]->tensor()->flat<float>().data()};
+      OP_REQUIRES_OK(ctx, LookupGradApplyFunctor()(ctx, args, grad, values, update, weight_out));
+    } else {
+      OP_REQUIRES_OK(ctx, LookupGradApplyFunctor()(ctx, args, grad, values,
+                                                   SgdRowUpdate{lr}, weight_out));
+    }
+  }
+
+ private:
+  static constexpr int kTableInput = 4;
+
+  // As TensorFlow's PrepareToUpdateVariable: a buffer that a read still
+  // holds (or that reads share in copy-on-read mode) is copied first, so
+  // that no tensor read before this update changes under its reader.
+  static Status PrepareToUpdate(OpKernelContext* ctx, ::tensorflow::Var* var) {
+    Tensor* value = var->tensor();
+    if (!var->copy_on_read_mode.load() && value->RefCountIsOne()) {
+      return ::tensorflow::OkStatus();
+    }
+    Tensor copy;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(value->dtype(), value->shape(), &copy));
+    std::copy_n(value->flat<float>().data(), value->NumElements(), copy.flat<float>().data());
+    *value = copy;
+    return ::tensorflow::OkStatus();
+  }
+
+  LookupInputs<float> inputs_;
+  int num_slots_ = 0;
+  float epsilon_ = 0.f;
+  bool adagrad_ = false;
 };
 
 template <typename Device>
@@ -1132,6 +1299,8 @@ MEMREC_REGISTER_QUANTIZED_CPU(Eigen::bfloat16);
 
 REGISTER_KERNEL_BUILDER(Name("MemRecHashRows").Device(DEVICE_CPU),
                         HashRowsOp<CPUDevice>);
+REGISTER_KERNEL_BUILDER(Name("MemRecLookupGradApply").Device(DEVICE_CPU),
+                        LookupGradApplyOp);
 
 #if GOOGLE_CUDA
 // Defined and explicitly instantiated in memrec_kernels_gpu.cu.cc.

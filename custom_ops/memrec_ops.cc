@@ -220,6 +220,57 @@ weight_grad: [m_w, width] the gradient of the weight table.
 The other inputs and attributes are those of the forward op.
 )doc") + kSignatureDoc);
 
+// The weight table's gradient: the shape of input 5.
+Status LookupGradApplyShape(InferenceContext* c) {
+  ShapeHandle unused, weight_table;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &unused));  // grad
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 2, &weight_table));
+  c->set_output(0, weight_table);
+  return ::tensorflow::OkStatus();
+}
+
+REGISTER_OP("MemRecLookupGradApply")
+    .Input("grad: float")
+    .Input("ids: int64")
+    .Input("row_splits: int64")
+    .Input("weights: float")
+    .Input("token_table: resource")
+    .Input("weight_table: float")
+    .Input("slots: num_slots * resource")
+    .Input("learning_rate: float")
+    .Output("weight_grad: float")
+    .Attr("optimizer: {'sgd', 'adagrad'}")
+    .Attr("num_slots: int >= 0")
+    .Attr("epsilon: float = 1e-7")
+    .MEMREC_SIGNATURE_ATTRS.MEMREC_POOLING_ATTRS
+    .SetShapeFn(LookupGradApplyShape)
+    .Doc(std::string(R"doc(
+Applies the token table's gradient of MemRecLookup to the token table in
+place, and returns the weight table's gradient.
+
+The token table's gradient is summed per row as MemRecLookupGradDense sums
+it, and never written out: each touched row is updated as soon as its sum
+is complete, with the formulas of Keras' optimizers:
+  sgd:      table[r] -= grad[r] * learning_rate
+  adagrad:  slots[0][r] += grad[r]^2
+            table[r] -= learning_rate * grad[r] / sqrt(slots[0][r] + epsilon)
+Rows no id touched are left as they are (their gradient is zero, so these
+formulas leave them unchanged too). The weight table's gradient (whose
+dot products read the token table before the update) is returned for the
+model's optimizer. float32 tables, CPU kernel only.
+
+grad: the gradient of the output of MemRecLookup.
+token_table: the float32 [m, d] variable that MemRecLookup read.
+slots: the optimizer's state, each a float32 [m, d] variable: none for sgd,
+  the accumulator for adagrad.
+learning_rate: the step size, a scalar.
+optimizer: the update applied, 'sgd' or 'adagrad'.
+num_slots: 0 for sgd, 1 for adagrad.
+epsilon: adagrad's epsilon.
+weight_grad: [m_w, width] the gradient of the weight table.
+The other inputs and attributes are those of the forward op.
+)doc") + kSignatureDoc);
+
 REGISTER_OP("MemRecHashRows")
     .Input("ids: int64")
     .Output("token_rows: int64")

@@ -295,6 +295,33 @@ def hash_rows(ids, signature, num_token_rows, num_weight_rows, name=None):
         name=name, **signature.op_attrs())
 
 
+def lookup_grad_apply(grad, ids, row_splits, weights, token_table, weight_table, signature,
+                      optimizer, slots, learning_rate, epsilon=1e-7, combiner="sum",
+                      weight_mode="scalar", name=None):
+    """Runs MemRecLookupGradApply: applies the token table's gradient of a
+    MemRecLookup to `token_table` in place (sgd or adagrad, the formulas of
+    Keras' optimizers), and returns the weight table's gradient.
+
+    Args:
+      grad: float32, the gradient of the lookup's output.
+      ids, row_splits, weights, weight_table, signature, combiner,
+        weight_mode: those of the forward `lookup`.
+      token_table: the float32 tf.Variable [m, d] the forward read.
+      optimizer: "sgd" or "adagrad".
+      slots: the optimizer's float32 tf.Variables of the token table's shape:
+        [] for sgd, [accumulator] for adagrad.
+      learning_rate: a float32 scalar.
+      epsilon: adagrad's epsilon.
+
+    Returns:
+      float32 [m_w, width], the gradient of the weight table.
+    """
+    return load_library().mem_rec_lookup_grad_apply(
+        grad, ids, row_splits, weights, token_table.handle, weight_table,
+        [slot.handle for slot in slots], learning_rate, optimizer=optimizer, epsilon=epsilon,
+        combiner=combiner, weight_mode=weight_mode, name=name, **signature.op_attrs())
+
+
 def _lookup_grad(op, grad):
     ids, row_splits, weights, token_table, weight_table = op.inputs
     signature = sig_lib.Signature.from_op(op)
@@ -335,3 +362,4 @@ for _op_type, _gradient in (("MemRecLookup", _lookup_grad),
 tf.no_gradient("MemRecHashRows")
 tf.no_gradient("MemRecLookupGrad")
 tf.no_gradient("MemRecLookupGradDense")
+tf.no_gradient("MemRecLookupGradApply")

@@ -102,7 +102,8 @@ echo "== canary: both planted errors reported (heap-buffer-overflow, signed over
 # ------------------------------------------------------------------ tests
 sanitizer_options "$LOGS"
 TESTS=(tests/ops/test_op.py tests/ops/test_gradients.py tests/ops/test_properties.py
-       tests/ops/test_numerics.py tests/ops/test_quantized_tables.py)
+       tests/ops/test_numerics.py tests/ops/test_quantized_tables.py
+       tests/ops/test_grad_apply.py)
 RUN=()
 for t in "${TESTS[@]}"; do
   if [[ -f "$t" ]]; then RUN+=("$t"); else echo "   (skipping $t: not present)"; fi
