@@ -10,13 +10,15 @@ Recommenders) instead of Keras 3.
 
 Layout: `ops` (the hash, the fused op and its built-in-ops twin), `layers`
 (MemRecEmbedding and the categorical embeddings), `models` (DLRM, DCN),
-`features` (FeatureSpec), `data` (readers), `sizing` (every byte count),
+`features` (FeatureSpec), `optimizers` (embedding optimizers: the token
+table updated in the backward pass), `data` (readers), `sizing` (every byte count),
 `saved_model` (export, load) and `app` (the `memrec` command).
 """
 # Importing the layers and models registers every class a saved model holds,
 # so keras.models.load_model reads what memrec_tf wrote once memrec_tf is imported.
 from memrec_tf import layers as _layers  # noqa: F401
 from memrec_tf import models as _models  # noqa: F401
+from memrec_tf import optimizers
 from memrec_tf.layers.memrec_embedding import MemRecEmbedding
 from memrec_tf.ops import OpLibraryError
 from memrec_tf.ops.signature import Signature
@@ -32,4 +34,4 @@ _ops.is_available()
 __version__ = "0.1.0"
 
 __all__ = ["LayerMemory", "MemRecEmbedding", "OpLibraryError", "Signature", "export",
-           "format_report", "load", "memory_report"]
+           "format_report", "load", "memory_report", "optimizers"]

@@ -20,7 +20,7 @@ from memrec_tf import models
 from memrec_tf.app import building, runs, sources
 from memrec_tf.app.errors import UsageError
 from memrec_tf.features import FeatureSpec
-from memrec_tf.layers.memrec_embedding import memrec_layers, stored_tables
+from memrec_tf.layers.stored import memrec_layers, stored_tables
 
 keras = tf.keras
 
@@ -334,7 +334,7 @@ def _evaluate_locally(model, dataset):
 @contextlib.contextmanager
 def served_tables(model, table_dtype):
     """The model looks up its MEM-REC token tables as served in `table_dtype`
-    (`memrec_embedding.stored_tables`); Keras' traced evaluation functions
+    (`memrec_tf.layers.stored.stored_tables`); Keras' traced evaluation functions
     are dropped on entry and exit so that they read the right tables."""
     with stored_tables(memrec_layers(model), table_dtype):
         model.test_function = model.predict_function = None

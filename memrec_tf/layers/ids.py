@@ -1,4 +1,6 @@
-"""Ids [B, F] in the id spaces of `memrec_tf.features` -> table indices."""
+"""Ids as the layers take them: any integer or string dtype to int64
+(`ids_to_int64`), and ids [B, F] in the id spaces of `memrec_tf.features`
+to table indices."""
 import tensorflow as tf
 
 from memrec_tf import features
@@ -9,6 +11,37 @@ from memrec_tf.ops.signature import Signature
 # any cardinality is as uniform as the hash itself.
 _HASH_RANGE = 1 << 62
 
+
+def same_structure(weights, ids):
+    """`weights`, checked to have the shape of `ids` (statically when known)."""
+    if weights.shape.rank is not None and ids.shape.rank is not None:
+        if not weights.shape.is_compatible_with(ids.shape):
+            raise ValueError(f"weights must have the shape of the ids, {ids.shape}; got "
+                             f"{weights.shape}")
+        if weights.shape.is_fully_defined() and ids.shape.is_fully_defined():
+            return weights
+    check = tf.debugging.assert_equal(tf.shape(weights), tf.shape(ids),
+                                      message="weights must have the shape of the ids")
+    with tf.control_dependencies([check]):
+        return tf.identity(weights)
+
+
+def ids_to_int64(ids):
+    """int32/int64 ids as int64; strings through TensorFlow's fingerprint op.
+
+    Raises:
+      ValueError: ids of any other dtype.
+    """
+    if ids.dtype == tf.int64:
+        return ids
+    if ids.dtype in (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32):
+        return tf.cast(ids, tf.int64)
+    if ids.dtype == tf.string:
+        # farmhash64 of the bytes; its 8 output bytes are little-endian.
+        flat = tf.reshape(ids, [-1])
+        hashed = tf.bitcast(tf.fingerprint(flat), tf.int64)
+        return tf.reshape(hashed, tf.shape(ids))
+    raise ValueError(f"MemRecEmbedding ids must be integers or strings, got dtype {ids.dtype.name}")
 
 
 def hash_ids(ids, seed=0):

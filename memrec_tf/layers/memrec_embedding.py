@@ -4,14 +4,14 @@ The layer is written against `tf.keras`, resolved when this module is first
 imported: Keras 3 by default, tf-keras when TF_USE_LEGACY_KERAS=1 (which
 TensorFlow Recommenders needs). Set the variable before importing memrec_tf.
 """
-import contextlib
 import dataclasses
 import warnings
 
 import tensorflow as tf
 
-from memrec_tf import ops
-from memrec_tf.ops import core, quantize
+from memrec_tf import ops, optimizers
+from memrec_tf.ops import core, updates
+from memrec_tf.layers.ids import ids_to_int64, same_structure
 from memrec_tf.ops.signature import MAX_HASHES, Signature
 from memrec_tf.sizing import tables
 
@@ -22,6 +22,14 @@ COMBINERS = (None, "sum", "mean", "sqrtn")
 WEIGHT_MODES = ("scalar", "per_hash")
 
 _fallback_warned = False
+# Keras 3 names variable aggregations; tf-keras takes TensorFlow's enum.
+_ONLY_FIRST_REPLICA = ("only_first_replica" if hasattr(keras, "Variable")
+                       else tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+def _tf_variable(weight):
+    """The tf.Variable of a layer weight (Keras 3 wraps one; tf-keras's is one)."""
+    return weight if isinstance(weight, tf.Variable) else weight.value
 
 
 def _warn_fallback_once(reason):
@@ -32,38 +40,6 @@ def _warn_fallback_once(reason):
             "memrec_tf: the fused op is unavailable, MemRecEmbedding uses the "
             f"built-in-ops path (same results, slower). Reason: {reason}",
             RuntimeWarning, stacklevel=3)
-
-
-def _same_structure(weights, ids):
-    """`weights`, checked to have the shape of `ids` (statically when known)."""
-    if weights.shape.rank is not None and ids.shape.rank is not None:
-        if not weights.shape.is_compatible_with(ids.shape):
-            raise ValueError(f"weights must have the shape of the ids, {ids.shape}; got "
-                             f"{weights.shape}")
-        if weights.shape.is_fully_defined() and ids.shape.is_fully_defined():
-            return weights
-    check = tf.debugging.assert_equal(tf.shape(weights), tf.shape(ids),
-                                      message="weights must have the shape of the ids")
-    with tf.control_dependencies([check]):
-        return tf.identity(weights)
-
-
-def ids_to_int64(ids):
-    """int32/int64 ids as int64; strings through TensorFlow's fingerprint op.
-
-    Raises:
-      ValueError: ids of any other dtype.
-    """
-    if ids.dtype == tf.int64:
-        return ids
-    if ids.dtype in (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32):
-        return tf.cast(ids, tf.int64)
-    if ids.dtype == tf.string:
-        # farmhash64 of the bytes; its 8 output bytes are little-endian.
-        flat = tf.reshape(ids, [-1])
-        hashed = tf.bitcast(tf.fingerprint(flat), tf.int64)
-        return tf.reshape(hashed, tf.shape(ids))
-    raise ValueError(f"MemRecEmbedding ids must be integers or strings, got dtype {ids.dtype.name}")
 
 
 @keras.utils.register_keras_serializable(package="memrec_tf")
@@ -104,6 +80,12 @@ class MemRecEmbedding(keras.layers.Layer):
         radix signatures; other ids fall back to the random hashes.
       num_head_rows: with a vocabulary, ids below this (the most frequent
         values, when indices are ordered by frequency) own a token row each.
+      embedding_optimizer: None (the token table is a trainable weight, for
+        the model's optimizer), or a `memrec_tf.optimizers` optimizer
+        (`SGD(...)`, `Adagrad(...)`, or their names): the token table is
+        updated in the layer's own backward pass, on CPU inside the fused
+        gradient kernel; its state is kept in non-trainable weights (see
+        `memrec_tf.optimizers`). The weight table stays trainable.
       **kwargs: passed to `keras.layers.Layer`.
 
     Input: int32, int64 or string ids; dense [B] -> [B, d]; dense [..., L] ->
@@ -122,7 +104,7 @@ class MemRecEmbedding(keras.layers.Layer):
                  combiner=None, seed=0, implementation="auto",
                  embeddings_initializer="uniform", weights_initializer=None,
                  embeddings_regularizer=None, salt_columns=False,
-                 vocabulary_size=0, num_head_rows=0, **kwargs):
+                 vocabulary_size=0, num_head_rows=0, embedding_optimizer=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(output_dim, int) or output_dim < 1:
             raise ValueError(f"output_dim must be a positive int, got {output_dim!r}")
@@ -155,6 +137,12 @@ class MemRecEmbedding(keras.layers.Layer):
             raise ValueError(
                 f"num_head_rows must be an int in [0, vocabulary_size={vocabulary_size}], "
                 f"got {num_head_rows!r}")
+        self.embedding_optimizer = optimizers.get(embedding_optimizer)
+        if self.embedding_optimizer is not None and embeddings_regularizer is not None:
+            raise ValueError(
+                "embeddings_regularizer needs the token table to be trained by the model's "
+                "optimizer; with an embedding_optimizer its loss would not reach the table. "
+                "Pass one of the two")
         self.output_dim = output_dim
         self.num_token_rows = num_token_rows
         self.num_hashes = num_hashes
@@ -177,8 +165,9 @@ class MemRecEmbedding(keras.layers.Layer):
         # Validates the row counts against the signature settings now, not at
         # the first call.
         self._signature().validate(num_token_rows, num_weight_rows)
-        if implementation == "fused":
-            # Keras must not choose XLA for a model that requires the fused op.
+        if implementation == "fused" or self.embedding_optimizer is not None:
+            # Keras must not choose XLA for a model that requires the fused op
+            # or updates a table inside its gradient.
             self.supports_jit = False
 
     # ------------------------------------------------------------------ build
@@ -191,14 +180,41 @@ class MemRecEmbedding(keras.layers.Layer):
                                  f"(the number of features), got input shape {input_shape}")
             self._num_salts = int(last)
         token_shape, weight_shape = self.table_shapes()
+        optimizer = self.embedding_optimizer
+        # With an embedding optimizer every replica applies the same summed
+        # update, so the first replica's value stands for all.
+        state = {} if optimizer is None else dict(trainable=False,
+                                                  aggregation=_ONLY_FIRST_REPLICA)
+        if optimizer is not None and self.variable_dtype != self.compute_dtype:
+            raise ValueError(
+                f"an embedding_optimizer needs one dtype for variables and computation, got "
+                f"the dtype policy {self.dtype_policy.name!r}: loss scaling would scale the "
+                "token table's update. Use float32 for this layer (dtype='float32')")
         self.token_table = self.add_weight(
             name="token_table", shape=token_shape,
             initializer=self.embeddings_initializer,
-            regularizer=self.embeddings_regularizer, trainable=True)
+            regularizer=self.embeddings_regularizer, **(state or dict(trainable=True)))
         self.weight_table = self.add_weight(
             name="weight_table", shape=weight_shape,
             initializer=self.weights_initializer, trainable=True)
+        if optimizer is not None:
+            # One attribute each (not a list), so that tf.train.Checkpoint
+            # tracks them under both Kerases.
+            for slot in optimizer.slot_names:
+                setattr(self, f"token_table_{slot}", self.add_weight(
+                    name=f"token_table_{slot}", shape=token_shape,
+                    initializer=keras.initializers.Constant(optimizer.slot_initial_value(slot)),
+                    **state))
+            self.optimizer_iterations = self.add_weight(
+                name="embedding_optimizer_iterations", shape=(), dtype="int64",
+                initializer="zeros", **state)
         self.built = True
+
+    @property
+    def optimizer_slots(self):
+        """The embedding optimizer's slot weights, in its `slot_names` order."""
+        names = () if self.embedding_optimizer is None else self.embedding_optimizer.slot_names
+        return [getattr(self, f"token_table_{slot}") for slot in names]
 
     def table_shapes(self):
         """[(rows, width)] of the token table and the weight table."""
@@ -207,7 +223,7 @@ class MemRecEmbedding(keras.layers.Layer):
 
     def stored_bytes(self, table_dtype="float32"):
         """Bytes of its tables served with the token table stored as `table_dtype`
-        (the weight table stays float32; see `stored_tables`)."""
+        (the weight table stays float32; see `memrec_tf.layers.stored`)."""
         return tables.memrec_bytes(self.num_token_rows, self.num_weight_rows, self.output_dim,
                                    self.num_hashes, self.weight_mode, table_dtype)
 
@@ -237,7 +253,7 @@ class MemRecEmbedding(keras.layers.Layer):
         """Flat ids [N] (and splits for bags) -> [rows, d] in compute dtype."""
         stored = getattr(self, "_stored_token_table", None)
         scales = None
-        if stored is not None:  # see `stored_tables`: rows as they are served
+        if stored is not None:  # see `memrec_tf.layers.stored`: rows as served
             table, scales = stored
             weight_table = tf.convert_to_tensor(self.weight_table)
             table_dtype = weight_table.dtype
@@ -253,6 +269,14 @@ class MemRecEmbedding(keras.layers.Layer):
             row_splits = tf.zeros([0], tf.int64)
         signature = self._signature()
         extra = {} if stored is None else {"token_scales": scales}
+        if self.embedding_optimizer is not None and stored is None:
+            out = updates.lookup_and_update(
+                ids, row_splits, weights, _tf_variable(self.token_table), weight_table,
+                signature, self.embedding_optimizer,
+                [_tf_variable(slot) for slot in self.optimizer_slots],
+                _tf_variable(self.optimizer_iterations), combiner, self.weight_mode,
+                fused_op=self._uses_fused())
+            return tf.cast(out, self.compute_dtype)
         lookup = ops.lookup if self._uses_fused() else core.lookup
         out = lookup(ids, row_splits, weights, table, weight_table, signature,
                      combiner=combiner, weight_mode=self.weight_mode, **extra)
@@ -271,7 +295,7 @@ class MemRecEmbedding(keras.layers.Layer):
                              f"{self._num_salts}] (one column per feature), got shape "
                              f"{ids.shape}")
         if weights is not None:
-            weights = _same_structure(tf.convert_to_tensor(weights), ids)
+            weights = same_structure(tf.convert_to_tensor(weights), ids)
         flat = tf.reshape(ids, [-1])
         flat_weights = None if weights is None else tf.reshape(weights, [-1])
         if self.combiner is None:
@@ -370,44 +394,6 @@ class MemRecEmbedding(keras.layers.Layer):
             embeddings_regularizer=(keras.regularizers.serialize(self.embeddings_regularizer)
                                     if self.embeddings_regularizer is not None else None),
             salt_columns=self.salt_columns, vocabulary_size=self.vocabulary_size,
-            num_head_rows=self.num_head_rows)
+            num_head_rows=self.num_head_rows,
+            embedding_optimizer=optimizers.serialize(self.embedding_optimizer))
         return config
-
-
-def memrec_layers(model):
-    """The distinct MemRecEmbedding layers of a model (or the layer itself), in order."""
-    # pylint: disable-next=protected-access
-    every = model._flatten_layers(include_self=True, recursive=True)
-    layers = [layer for layer in every if isinstance(layer, MemRecEmbedding)]
-    return list({id(layer): layer for layer in layers}.values())
-
-
-@contextlib.contextmanager
-def stored_tables(layers, table_dtype):
-    """Every layer reads its token table as it is stored for serving.
-
-    Inside the block, each MemRecEmbedding of `layers` looks up rows from its
-    token table rounded to `table_dtype` ("float32", "bfloat16" or "int8"
-    with a scale per row; see `memrec_tf.ops.quantize`), held in new
-    non-trainable tf.Variables that are not among the layer's weights. The
-    weight table stays float32. Used to export (only the stored tables are
-    written) and to evaluate a model as it will be served; the block is for
-    inference only (a stored table has no gradient). The float32 tables are
-    untouched, and each layer is restored on exit.
-    """
-    table_dtype = quantize.check_table_dtype(table_dtype)
-    if table_dtype == "float32":
-        yield
-        return
-    try:
-        for layer in layers:
-            values, scales = quantize.quantize_rows(layer.token_table, table_dtype)
-            stored = (tf.Variable(values, trainable=False, name=f"{layer.name}_stored_tokens"),
-                      None if scales is None else
-                      tf.Variable(scales, trainable=False, name=f"{layer.name}_token_scales"))
-            # Set around Keras' attribute tracking: these are not layer weights.
-            object.__setattr__(layer, "_stored_token_table", stored)
-        yield
-    finally:
-        for layer in layers:
-            object.__setattr__(layer, "_stored_token_table", None)

@@ -50,7 +50,7 @@ import tempfile
 import tensorflow as tf
 
 from memrec_tf import ops
-from memrec_tf.layers.memrec_embedding import memrec_layers, stored_tables
+from memrec_tf.layers.stored import memrec_layers, stored_tables
 from memrec_tf.ops import quantize
 from memrec_tf.saved_model import writing
 from memrec_tf.saved_model.writing import SIGNATURE_KEY, forced_implementation

@@ -4,7 +4,7 @@ import contextlib
 
 import tensorflow as tf
 
-from memrec_tf.layers.memrec_embedding import memrec_layers
+from memrec_tf.layers.stored import memrec_layers
 
 SIGNATURE_KEY = "serving_default"
 

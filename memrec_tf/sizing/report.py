@@ -55,7 +55,7 @@ def memory_report(model, vocab_sizes=None, table_dtype=None):
     """
     vocab_sizes = dict(vocab_sizes or {})
     rows = []
-    from memrec_tf.layers.memrec_embedding import memrec_layers
+    from memrec_tf.layers.stored import memrec_layers
 
     layers = memrec_layers(model)
     unknown = sorted(set(vocab_sizes) - {layer.name for layer in layers})

@@ -3,7 +3,8 @@ implementations, serialization, models, mixed precision and memory report.
 
 Runs under the Keras that memrec_tf bound at import (Keras 3 by default).
 test_legacy_subprocess_runs_layer_suite_under_tf_keras re-runs this file
-with TF_USE_LEGACY_KERAS=1, so that both Kerases are tested by one run.
+and test_embedding_optimizer.py with TF_USE_LEGACY_KERAS=1, so that both
+Kerases are tested by one run.
 """
 import os
 import subprocess
@@ -17,7 +18,7 @@ import tensorflow as tf
 import memrec_tf
 import reference
 from memrec_tf import MemRecEmbedding, ops
-from memrec_tf.layers.memrec_embedding import ids_to_int64
+from memrec_tf.layers.ids import ids_to_int64
 from memrec_tf.ops.signature import Signature
 
 from conftest import REPO_ROOT
@@ -515,7 +516,8 @@ def test_keras_mode_matches_environment(keras_mode, record_property):
 
 @pytest.mark.slow
 def test_legacy_subprocess_runs_layer_suite_under_tf_keras(keras_mode, tmp_path):
-    """Re-runs this file under tf-keras (TF_USE_LEGACY_KERAS=1) in a child."""
+    """Re-runs this file and test_embedding_optimizer.py under tf-keras
+    (TF_USE_LEGACY_KERAS=1) in a child."""
     if keras_mode == "tf_keras":
         pytest.skip("this process already runs tf-keras")
     pytest.importorskip("tf_keras")
@@ -526,7 +528,9 @@ def test_legacy_subprocess_runs_layer_suite_under_tf_keras(keras_mode, tmp_path)
     env["PYTHONPATH"] = os.pathsep.join(
         [package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     report = tmp_path / "tf_keras.xml"
-    command = [sys.executable, "-P", "-m", "pytest", os.path.abspath(__file__), "-q", "-x",
+    files = [os.path.abspath(__file__),
+             os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_embedding_optimizer.py")]
+    command = [sys.executable, "-P", "-m", "pytest", *files, "-q", "-x",
                "-p", "no:cacheprovider", "-k", "not legacy_subprocess",
                f"--junitxml={report}", f"--rootdir={REPO_ROOT}"]
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,

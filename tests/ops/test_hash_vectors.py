@@ -16,7 +16,7 @@ import tensorflow as tf
 import reference
 from memrec_tf import ops
 from memrec_tf.ops import core
-from memrec_tf.layers.memrec_embedding import ids_to_int64
+from memrec_tf.layers.ids import ids_to_int64
 from memrec_tf.ops import signature as sig_lib
 from memrec_tf.ops.signature import Signature
 

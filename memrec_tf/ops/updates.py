@@ -1,0 +1,97 @@
+"""A MEM-REC lookup whose backward pass updates its token table (see
+`memrec_tf.optimizers`).
+
+Two paths, chosen when the gradient is built (under `tf.function`, when
+the step is traced):
+
+* the fused kernel (MemRecLookupGradApply; CPU, float32, one replica): the
+  token table's gradient is summed per row and applied in place, never
+  written out;
+* everywhere else (the built-in-ops implementation, a GPU, more than one
+  replica): the gradient is computed as the lookup's own gradient, summed
+  over the replicas, and applied with `EmbeddingOptimizer.apply`.
+
+Either way the weight table's gradient is returned for the model's
+optimizer, and the step counter that a learning-rate schedule reads goes
+up by one.
+"""
+import tensorflow as tf
+
+from memrec_tf.ops import core, fused
+
+
+def _replicas():
+    """The replica context's number of replicas in sync (1 outside a strategy)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def uses_fused_kernel(token_table, fused_op):
+    """True when the update runs in MemRecLookupGradApply (see the module)."""
+    return (fused_op and token_table.dtype == tf.float32 and _replicas() == 1
+            and not tf.config.list_logical_devices("GPU"))
+
+
+def lookup_and_update(ids, row_splits, weights, token_table, weight_table, signature,
+                      optimizer, slots, iterations, combiner, weight_mode, fused_op):
+    """The lookup of `fused.lookup` (fused_op) or `core.lookup`, whose gradient
+    applies `optimizer` to the `token_table` variable.
+
+    Args:
+      ids, row_splits, weights, signature, combiner, weight_mode: those of
+        `fused.lookup`.
+      token_table: the token table's tf.Variable (float32 for the fused kernel;
+        under a strategy of several replicas, with aggregation
+        ONLY_FIRST_REPLICA: every replica applies the same summed update).
+      weight_table: the weight table, a tensor: its gradient is returned.
+      optimizer: a `memrec_tf.optimizers.EmbeddingOptimizer`.
+      slots: its slot variables, in `optimizer.slot_names` order.
+      iterations: int64 tf.Variable, the number of updates applied.
+      fused_op: True for the fused op's lookup, False for the built-in ops'.
+
+    Returns:
+      The lookup's output, as `fused.lookup` returns it.
+    """
+    lookup = fused.lookup if fused_op else core.lookup
+    args = dict(combiner=combiner, weight_mode=weight_mode)
+
+    @tf.custom_gradient
+    def forward(weight_values):
+        table = tf.convert_to_tensor(token_table)
+        if uses_fused_kernel(token_table, fused_op):
+            out = lookup(ids, row_splits, weights, table, weight_values, signature, **args)
+
+            def gradient(upstream):
+                learning_rate = optimizer.learning_rate_at(iterations)
+                epsilon = getattr(optimizer, "epsilon", 0.0)
+                weight_grad = fused.lookup_grad_apply(
+                    upstream, ids, row_splits, weights, token_table, weight_values, signature,
+                    optimizer.name, slots, learning_rate, epsilon=epsilon, **args)
+                return _after_counting(iterations, weight_grad)
+            return out, gradient
+
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch([table, weight_values])
+            out = lookup(ids, row_splits, weights, table, weight_values, signature, **args)
+
+        def generic_gradient(upstream):
+            token_grad, weight_grad = tape.gradient(out, [table, weight_values],
+                                                    output_gradients=upstream)
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                # Each replica applies the same sum to its copy.
+                token_grad = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                tf.convert_to_tensor(token_grad))
+            update = optimizer.apply(token_table, token_grad, slots,
+                                     optimizer.learning_rate_at(iterations))
+            with tf.control_dependencies([update]):
+                return _after_counting(iterations, weight_grad)
+        return out, generic_gradient
+
+    return forward(weight_table)
+
+
+def _after_counting(iterations, weight_grad):
+    """`weight_grad`, after the step counter went up by one."""
+    with tf.control_dependencies([iterations.assign_add(1)]):
+        return tf.identity(weight_grad)
