@@ -12,6 +12,10 @@ optimizer, every variant is timed side by side (interleaved rounds, medians):
 * keras:  keras.layers.Embedding with the Keras optimizer.
 * fused:  MemRecEmbedding(implementation="fused") with the Keras optimizer.
 * core:   MemRecEmbedding(implementation="core") with the Keras optimizer.
+* update: MemRecEmbedding(implementation="fused", embedding_optimizer=...)
+          with the optimizer of the same name (SGD, Adagrad; there is no
+          embedding Adam): the token table updated inside the gradient
+          kernel, the weight table by the Keras optimizer.
 * --breakdown: a group of its own, timed after the table: the fused
           layer's step (Keras optimizer), its forward alone, its step
           without the apply ("no apply": forward, loss, backward, gradients
@@ -192,9 +196,21 @@ def raw_step(name, table, slots, ids, target):
     return step
 
 
-def memrec_layer(args, k, implementation):
+def make_embedding_optimizer(name):
+    """The embedding optimizer of Keras optimizer `name`, or None (no such one)."""
+    if name == "sgd":
+        return memrec_tf.optimizers.SGD(LEARNING_RATE)
+    if name == "adagrad":
+        return memrec_tf.optimizers.Adagrad(LEARNING_RATE,
+                                            initial_accumulator_value=ADAGRAD_INITIAL,
+                                            epsilon=EPSILON)
+    return None
+
+
+def memrec_layer(args, k, implementation, embedding_optimizer=None):
     layer = memrec_tf.MemRecEmbedding(args.dim, args.m, num_hashes=k, num_weight_rows=args.m,
-                                      num_weight_hashes=1, implementation=implementation, seed=1)
+                                      num_weight_hashes=1, implementation=implementation, seed=1,
+                                      embedding_optimizer=embedding_optimizer)
     layer.build((args.batch, args.features))
     return layer
 
@@ -219,6 +235,9 @@ def case_steps(args, rows, distribution, optimizer_name, rng):
             steps[f"{implementation} k={k}"] = keras_step(
                 memrec_layer(args, k, implementation), make_optimizer(optimizer_name), ids,
                 target)
+    if "fused" in args.implementations and make_embedding_optimizer(optimizer_name):
+        for k in args.k:
+            steps[f"update k={k}"] = update_step(args, k, optimizer_name, ids, target)
     if args.loss_reference:
         steps["loss only"] = loss_step(ids, target)
     if args.sparse_variant:
@@ -227,6 +246,12 @@ def case_steps(args, rows, distribution, optimizer_name, rng):
             memrec_layer(args, k, "fused"), make_optimizer(optimizer_name), ids, target,
             gradient="sparse")
     return steps
+
+
+def update_step(args, k, optimizer_name, ids, target):
+    """The fused layer's step with the token table updated in its backward."""
+    layer = memrec_layer(args, k, "fused", make_embedding_optimizer(optimizer_name))
+    return keras_step(layer, make_optimizer(optimizer_name), ids, target)
 
 
 def breakdown_steps(args, optimizer_name, rng):
@@ -247,6 +272,8 @@ def breakdown_steps(args, optimizer_name, rng):
         steps[f"k={k} no apply"] = gradient_step(memrec_layer(args, k, "fused"), ids, target)
         steps[f"k={k} apply only"] = apply_step(memrec_layer(args, k, "fused"),
                                                 make_optimizer(optimizer_name), rng)
+        if make_embedding_optimizer(optimizer_name):
+            steps[f"k={k} update"] = update_step(args, k, optimizer_name, ids, target)
     return steps
 
 
@@ -320,7 +347,8 @@ def main(argv=None):
     parser.add_argument("--breakdown", action="store_true",
                         help="also time, as a group of their own, the fused layer's step, its "
                              "forward alone, its step without the optimizer's apply (gradients "
-                             "materialised), the apply alone and the loss alone")
+                             "materialised), the apply alone, the loss alone and the step with "
+                             "the update in the backward (SGD, Adagrad)")
     parser.add_argument("--memory-budget-gib", type=float, default=11.0,
                         help="leave out Keras variants whose estimated peak exceeds this")
     parser.add_argument("--rounds", type=int, default=5)
@@ -357,6 +385,8 @@ def main(argv=None):
     print(f"# {cpu_name()}, {os.cpu_count()} cores; median of {args.rounds} rounds x "
           f"{args.repeats}; ms per step")
     variants = ["raw", "keras"] + [f"{i} k={k}" for k in args.k for i in args.implementations]
+    if "fused" in args.implementations:
+        variants += [f"update k={k}" for k in args.k]
     if args.sparse_variant:
         variants.append(f"fused sparse k={max(args.k)}")
     if args.loss_reference:
@@ -380,21 +410,26 @@ def main(argv=None):
     best_k = max(args.k)
     fused = f"fused k={best_k}"
     if "fused" in args.implementations and results:
-        print(f"\nratios (medians, same case): raw / {fused} and keras / {fused}")
-        print("| rows | ids | optimizer | raw / fused | keras / fused |")
-        print("|---|---|---|---|---|")
+        update = f"update k={best_k}"
+        print(f"\nratios (medians, same case): raw and keras against {fused} and {update}")
+        print("| rows | ids | optimizer | raw / fused | keras / fused | raw / update | "
+              "keras / update |")
+        print("|---|---|---|---|---|---|---|")
         for r in results:
             m = r["median_ms"]
-            keras_ratio = f"{m['keras'] / m[fused]:.2f}x" if "keras" in m else "-"
-            print(f"| {r['rows']:,} | {r['ids']} | {r['optimizer']} | "
-                  f"{m['raw'] / m[fused]:.2f}x | {keras_ratio} |")
+
+            def ratio(a, b, m=m):
+                return f"{m[a] / m[b]:.2f}x" if a in m and b in m else "-"
+            print(f"| {r['rows']:,} | {r['ids']} | {r['optimizer']} | {ratio('raw', fused)} | "
+                  f"{ratio('keras', fused)} | {ratio('raw', update)} | "
+                  f"{ratio('keras', update)} |")
     breakdown = []
     if args.breakdown:
         print("\nwhere the fused step goes (ms, medians of a group of its own): forward; "
               "backward = no apply - forward - loss only; apply = step - no apply")
         print("| optimizer | k | step | forward | loss only | backward | apply | no apply | "
-              "apply only |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "apply only | update step |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name in args.optimizers:
             samples = interleaved_times(breakdown_steps(args, name, rng), args.rounds,
                                         args.repeats, warmup=2)
@@ -405,7 +440,8 @@ def main(argv=None):
                 grad, loss = m[f"k={k} no apply"], m["loss only"]
                 print(f"| {name} | {k} | {step:.1f} | {fwd:.1f} | {loss:.1f} | "
                       f"{grad - fwd - loss:.1f} | {step - grad:.1f} | {grad:.1f} | "
-                      f"{m[f'k={k} apply only']:.1f} |", flush=True)
+                      f"{m[f'k={k} apply only']:.1f} | "
+                      f"{m.get(f'k={k} update', float('nan')):.1f} |", flush=True)
     record = {"args": vars(args), "results": results, "breakdown": breakdown,
               "cpu": cpu_name(),
               "cores": os.cpu_count(), "tensorflow": tf.__version__,
