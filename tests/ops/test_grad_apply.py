@@ -100,3 +100,26 @@ def test_bad_slots_and_learning_rates_are_refused(lib, rng):
             c["grad"][:2], c["ids"], c["splits"], c["weights"], table, c["wtable"], c["sig"],
             "sgd", [], tf.constant(LEARNING_RATE), combiner=c["combiner"])
     np.testing.assert_array_equal(table.numpy(), c["table"])  # nothing applied
+
+
+def test_a_large_table_sums_as_the_sparse_kernel(lib, rng):
+    # Each thread of the dense kernels owns a range of rows; 40,000 rows with
+    # 6,000 slots spread over them reach every range.
+    c = _case(rng, m=40_000, d=8)
+    n = 3000
+    ids = reference.random_ids(rng, n)
+    ids[n // 2:] = ids[: n - n // 2]  # every id twice
+    c.update(ids=tf.constant(ids, tf.int64), splits=tf.constant(np.arange(0, n + 1, 3), tf.int64),
+             weights=tf.constant(rng.uniform(0.2, 2.0, n), tf.float32),
+             grad=tf.constant(rng.standard_normal([n // 3, 8]), tf.float32))
+    token_grad, weight_grad = (g.numpy() for g in _dense_gradients(lib, c))
+    rows, values, weight_rows, weight_values = lib.mem_rec_lookup_grad(
+        c["grad"], c["ids"], c["splits"], c["weights"], tf.constant(c["table"]), c["wtable"],
+        combiner=c["combiner"], weight_mode=c["weight_mode"], **c["sig"].op_attrs())
+    densified = np.zeros_like(token_grad)
+    densified[rows.numpy()] = values.numpy()
+    np.testing.assert_array_equal(token_grad, densified)
+    table = tf.Variable(c["table"])
+    returned = _apply(c, table, "sgd")
+    np.testing.assert_array_equal(table.numpy(), c["table"] - token_grad * LEARNING_RATE)
+    np.testing.assert_array_equal(returned.numpy(), weight_grad)
