@@ -2,7 +2,7 @@
 over the data's feature spec, and its compilation."""
 import tensorflow as tf
 
-from memrec_tf import layers, models, sizing
+from memrec_tf import layers, models, optimizers, sizing
 from memrec_tf.app.errors import UsageError
 
 keras = tf.keras
@@ -21,6 +21,19 @@ MEMREC_EMBEDDINGS = ("memrec", "memrec_per_feature") + tuple(
 OPTIMIZERS = {"adam": lambda lr: keras.optimizers.Adam(lr),
               "adagrad": lambda lr: keras.optimizers.Adagrad(lr),
               "sgd": lambda lr: keras.optimizers.SGD(lr)}
+
+
+def embedding_optimizer(embedding, optimizer, learning_rate):
+    """The embedding optimizer of --fused-update: --optimizer's, at --learning-rate."""
+    if embedding not in MEMREC_EMBEDDINGS:
+        raise UsageError(f"--fused-update updates MEM-REC token tables: it applies to "
+                         f"--embedding {' / '.join(MEMREC_EMBEDDINGS)}, not {embedding}")
+    if optimizer not in ("sgd", "adagrad"):
+        raise UsageError(f"--fused-update applies --optimizer sgd or adagrad inside the "
+                         f"gradient kernel; there is no fused {optimizer}: pass --optimizer "
+                         "sgd or adagrad, or leave out --fused-update")
+    # The Keras optimizers of OPTIMIZERS, with their defaults.
+    return {"sgd": optimizers.SGD, "adagrad": optimizers.Adagrad}[optimizer](learning_rate)
 
 
 def embedding_options(method, embedding_dim, cardinalities, compression, overrides,
@@ -89,7 +102,7 @@ def compile_model(model, learning_rate, optimizer="adam"):
 
 
 def build_model(model_kind, spec, embedding, embedding_dim, compression, overrides,
-                hash_seed=0, vocabulary=None, table_dtype="float32"):
+                hash_seed=0, vocabulary=None, table_dtype="float32", embedding_optimizer=None):
     """The uncompiled model of `memrec train` and its embedding options.
 
     Args:
@@ -99,6 +112,9 @@ def build_model(model_kind, spec, embedding, embedding_dim, compression, overrid
       overrides: the MEM-REC sizes given as options (None: sized).
       table_dtype: the format MEM-REC token tables are served in; the budget
         counts those bytes.
+      embedding_optimizer: a `memrec_tf.optimizers` optimizer that updates
+        the MEM-REC token tables in their backward pass (None: the model's
+        optimizer trains them).
 
     Returns:
       (model, embedding options).
@@ -114,6 +130,8 @@ def build_model(model_kind, spec, embedding, embedding_dim, compression, overrid
     else:
         options = embedding_options(method, embedding_dim, spec.cardinalities, compression,
                                     overrides, table_dtype=table_dtype)
+    if embedding_optimizer is not None:
+        options["embedding_optimizer"] = optimizers.serialize(embedding_optimizer)
     model = models.build_model(model_kind, spec, embedding=method, embedding_options=options,
                                embedding_dim=embedding_dim, seed=hash_seed,
                                vocabulary=vocabulary)

@@ -75,7 +75,7 @@ def _cmd_train(args):
         embedding_overrides=overrides, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, strategy=args.strategy,
         hash_seed=args.hash_seed, verbose=0 if args.quiet else 1, overwrite=args.overwrite,
-        table_dtype=args.table_dtype)
+        table_dtype=args.table_dtype, fused_update=args.fused_update)
     _print_metrics(metrics)
     print(f"model and metrics written to {args.output}")
     if metrics.get("eval_error"):

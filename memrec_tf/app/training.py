@@ -87,7 +87,7 @@ class _Throughput(keras.callbacks.Callback):
 def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding_dim=16,
           compression=16.0, embedding_overrides=None, epochs=None, batch_size=None,
           learning_rate=1e-3, optimizer="adam", strategy="default", hash_seed=0, verbose=1,
-          overwrite=False, callbacks=(), table_dtype="float32"):
+          overwrite=False, callbacks=(), table_dtype="float32", fused_update=False):
     """Trains a model and writes it, its run file and its metrics into `output`.
 
     An interrupted run resumes from its last complete epoch when rerun with
@@ -100,6 +100,8 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     None trains to convergence: it holds out every few training
     batches (`sources.holdout_every`), stops when their AUC has not improved
     for PATIENCE epochs (at most MAX_EPOCHS) and keeps the best weights.
+    `fused_update` updates the MEM-REC token tables inside the gradient
+    kernel with `optimizer` ("sgd" or "adagrad"; see `memrec_tf.optimizers`).
 
     Returns:
       The metrics dict (also written to `output/metrics.json`).
@@ -122,6 +124,10 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
                          "fewer bits); other embeddings serve float32 tables")
     if table_dtype != "float32":
         settings["table_dtype"] = table_dtype
+    embedding_optimizer = None
+    if fused_update:
+        embedding_optimizer = building.embedding_optimizer(embedding, optimizer, learning_rate)
+        settings["fused_update"] = True
     for path, flag in ((data_options.train, data_options.train_flag),
                        (data_options.eval, data_options.eval_flag)):
         if path is not None:
@@ -148,7 +154,7 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
         model, options = building.build_model(
             model_kind, source.spec, embedding, embedding_dim, compression,
             dict(embedding_overrides or {}), hash_seed=hash_seed, vocabulary=vocabulary,
-            table_dtype=table_dtype)
+            table_dtype=table_dtype, embedding_optimizer=embedding_optimizer)
         building.compile_model(model, learning_rate, optimizer)
     run_record = {"settings": settings, "resumed": resuming, "spec": source.spec.to_dict(),
                   "embedding_options": options, "batch_size": global_batch}

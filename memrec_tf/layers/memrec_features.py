@@ -2,7 +2,7 @@
 import tensorflow as tf
 
 from memrec_tf.layers.memrec_embedding import MemRecEmbedding
-from memrec_tf import features
+from memrec_tf import features, optimizers
 from memrec_tf.layers import ids as ids_lib
 from memrec_tf.layers.categorical import CategoricalEmbedding, per_feature_ints
 
@@ -23,15 +23,17 @@ class SharedMemRecEmbedding(CategoricalEmbedding):
       output_dim, cardinalities, vocabulary_size, dense_ids, seed: see
         `CategoricalEmbedding`.
       num_token_rows, num_hashes, num_weight_rows, num_weight_hashes,
-        weight_mode, num_head_rows, implementation, embeddings_initializer:
-        those of `MemRecEmbedding` (num_head_rows only with dense indices).
+        weight_mode, num_head_rows, implementation, embeddings_initializer,
+        embedding_optimizer: those of `MemRecEmbedding` (num_head_rows only
+        with dense indices).
       **kwargs: passed to `keras.layers.Layer`.
     """
 
     def __init__(self, output_dim, cardinalities, num_token_rows, num_hashes=2,
                  num_weight_rows=None, num_weight_hashes=1, weight_mode="scalar",
                  num_head_rows=0, implementation="auto", embeddings_initializer="uniform",
-                 vocabulary_size=0, dense_ids=False, seed=0, **kwargs):
+                 vocabulary_size=0, dense_ids=False, seed=0, embedding_optimizer=None,
+                 **kwargs):
         super().__init__(output_dim, cardinalities, vocabulary_size, dense_ids, seed, **kwargs)
         hashed = self.id_space == "hashed"
         if hashed and num_head_rows:
@@ -44,7 +46,8 @@ class SharedMemRecEmbedding(CategoricalEmbedding):
             salt_columns=hashed,
             vocabulary_size=0 if hashed else features.full_rows(self.cardinalities,
                                                                 vocabulary_size),
-            num_head_rows=num_head_rows, name="memrec")
+            num_head_rows=num_head_rows, embedding_optimizer=embedding_optimizer,
+            name="memrec")
         self._initializer = keras.initializers.get(embeddings_initializer)
 
     def build(self, input_shape):
@@ -70,7 +73,8 @@ class SharedMemRecEmbedding(CategoricalEmbedding):
                       num_weight_rows=m.num_weight_rows, num_weight_hashes=m.num_weight_hashes,
                       weight_mode=m.weight_mode, num_head_rows=m.num_head_rows,
                       implementation=m.implementation,
-                      embeddings_initializer=keras.initializers.serialize(self._initializer))
+                      embeddings_initializer=keras.initializers.serialize(self._initializer),
+                      embedding_optimizer=optimizers.serialize(m.embedding_optimizer))
         return config
 
 
@@ -88,7 +92,8 @@ class PerFeatureMemRecEmbedding(CategoricalEmbedding):
       num_token_rows: an int for every feature, or one int per feature.
       num_weight_rows: likewise; None: as many as the token rows.
       num_hashes, num_weight_hashes, weight_mode, implementation,
-        embeddings_initializer: those of `MemRecEmbedding`, shared by all.
+        embeddings_initializer, embedding_optimizer: those of
+        `MemRecEmbedding`, shared by all.
       num_head_rows: an int or one per feature (only with dense indices).
       **kwargs: passed to `keras.layers.Layer`.
     """
@@ -96,7 +101,8 @@ class PerFeatureMemRecEmbedding(CategoricalEmbedding):
     def __init__(self, output_dim, cardinalities, num_token_rows, num_hashes=2,
                  num_weight_rows=None, num_weight_hashes=1, weight_mode="scalar",
                  num_head_rows=0, implementation="auto", embeddings_initializer="uniform",
-                 vocabulary_size=0, dense_ids=False, seed=0, **kwargs):
+                 vocabulary_size=0, dense_ids=False, seed=0, embedding_optimizer=None,
+                 **kwargs):
         super().__init__(output_dim, cardinalities, vocabulary_size, dense_ids, seed, **kwargs)
         count = self.num_features
         token_rows = per_feature_ints("num_token_rows", num_token_rows, count)
@@ -119,7 +125,8 @@ class PerFeatureMemRecEmbedding(CategoricalEmbedding):
                 output_dim, token_rows[j], num_hashes=num_hashes, num_weight_rows=weight_rows[j],
                 num_weight_hashes=num_weight_hashes, weight_mode=weight_mode, seed=seed,
                 implementation=implementation, embeddings_initializer=embeddings_initializer,
-                vocabulary_size=vocab, num_head_rows=head_rows[j], name=f"memrec_{j}"))
+                vocabulary_size=vocab, num_head_rows=head_rows[j],
+                embedding_optimizer=embedding_optimizer, name=f"memrec_{j}"))
 
     def build(self, input_shape):
         self._check_input_shape(input_shape)
@@ -145,5 +152,6 @@ class PerFeatureMemRecEmbedding(CategoricalEmbedding):
                       num_weight_hashes=first.num_weight_hashes, weight_mode=first.weight_mode,
                       num_head_rows=[m.num_head_rows for m in self.memrecs],
                       implementation=first.implementation,
-                      embeddings_initializer=keras.initializers.serialize(self._initializer))
+                      embeddings_initializer=keras.initializers.serialize(self._initializer),
+                      embedding_optimizer=optimizers.serialize(first.embedding_optimizer))
         return config
