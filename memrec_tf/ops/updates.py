@@ -4,12 +4,15 @@
 Two paths, chosen when the gradient is built (under `tf.function`, when
 the step is traced):
 
-* the fused kernel (MemRecLookupGradApply; CPU, float32, one replica): the
-  token table's gradient is summed per row and applied in place, never
-  written out;
+* the fused kernel (MemRecLookupGradApply; CPU, float32, one replica, and
+  tables whose gradient would be dense: see `table_gradients`): the token
+  table's gradient is summed per row and applied in place, never written
+  out;
 * everywhere else (the built-in-ops implementation, a GPU, more than one
-  replica): the gradient is computed as the lookup's own gradient, summed
-  over the replicas, and applied with `EmbeddingOptimizer.apply`.
+  replica, larger tables): the gradient is computed as the lookup's own
+  gradient (for a large table `tf.IndexedSlices` of the touched rows),
+  summed over the replicas, and applied with `EmbeddingOptimizer.apply`,
+  which then updates only the touched rows.
 
 Either way the weight table's gradient is returned for the model's
 optimizer, and the step counter that a learning-rate schedule reads goes
@@ -17,7 +20,7 @@ up by one.
 """
 import tensorflow as tf
 
-from memrec_tf.ops import core, fused
+from memrec_tf.ops import core, fused, table_gradients
 
 
 def _replicas():
@@ -26,10 +29,14 @@ def _replicas():
     return 1 if context is None else context.num_replicas_in_sync
 
 
-def uses_fused_kernel(token_table, fused_op):
-    """True when the update runs in MemRecLookupGradApply (see the module)."""
+def uses_fused_kernel(token_table, weight_table, fused_op):
+    """True when the update runs in MemRecLookupGradApply (see the module).
+
+    Its scratch block is table-sized, as a dense gradient is: the kernel is
+    used where a dense gradient would be (`table_gradients.use_dense`: at
+    most 64 MiB of tables, no GPU, or `gradient_format("dense")`)."""
     return (fused_op and token_table.dtype == tf.float32 and _replicas() == 1
-            and not tf.config.list_logical_devices("GPU"))
+            and table_gradients.use_dense(token_table, weight_table))
 
 
 def lookup_and_update(ids, row_splits, weights, token_table, weight_table, signature,
@@ -58,7 +65,7 @@ def lookup_and_update(ids, row_splits, weights, token_table, weight_table, signa
     @tf.custom_gradient
     def forward(weight_values):
         table = tf.convert_to_tensor(token_table)
-        if uses_fused_kernel(token_table, fused_op):
+        if uses_fused_kernel(token_table, weight_values, fused_op):
             out = lookup(ids, row_splits, weights, table, weight_values, signature, **args)
 
             def gradient(upstream):
