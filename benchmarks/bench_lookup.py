@@ -23,7 +23,12 @@ full-table variant is timed (the ids are drawn from [0, full_rows) either way):
 
 The fused op's gradients of the (small) MEM-REC tables are dense tensors by
 default (`memrec_tf.ops.gradient_format`); the "(sparse)" variant forces
-IndexedSlices, the form large tables get.
+IndexedSlices, the form large tables get. "fused forward+update sgd" and
+"... adagrad" run the forward and backward of a layer with an embedding
+optimizer (`memrec_tf.optimizers`): the token table's gradient applied
+inside the gradient kernel, only the weight table's returned:
+
+    python benchmarks/bench_lookup.py --variants "fused forward,fused forward+backward,fused forward+update sgd,fused forward+update adagrad"
 """
 import argparse
 import importlib.util
@@ -38,8 +43,8 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cpu_name, interleaved_times  # noqa: E402
 
-from memrec_tf import ops
-from memrec_tf.ops import core, quantize
+from memrec_tf import ops, optimizers
+from memrec_tf.ops import core, quantize, updates
 from memrec_tf.ops.signature import Signature
 
 
@@ -118,6 +123,26 @@ def build_cases(args, wanted=None):
                 return step()
         return run
 
+    def forward_update(optimizer):
+        # The forward and backward with the token table updated inside the
+        # gradient kernel (an embedding optimizer), on a copy of the table;
+        # the weight table's gradient is returned, as for the model's optimizer.
+        table = tf.Variable(token.read_value(), trainable=False, name=f"token_{optimizer.name}")
+        slots = [tf.Variable(tf.fill(table.shape, 0.1), trainable=False)
+                 for _ in optimizer.slot_names]
+        iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                out = updates.lookup_and_update(ids, no_splits, no_weights, table,
+                                                tf.convert_to_tensor(weight), signature,
+                                                optimizer, slots, iterations, "none", "scalar",
+                                                fused_op=True)
+                loss = tf.reduce_sum(out * grad)
+            return tape.gradient(loss, [weight])
+        return step
+
     full_lookup = lambda: tf.nn.embedding_lookup(full, ids)  # noqa: E731
     # Reference, not a target: one row per id from a table of the token
     # table's size (m x d), the cost of a single cached row per id.
@@ -140,6 +165,8 @@ def build_cases(args, wanted=None):
         "fused forward+backward": forward_backward(memrec("fused"), [token, weight]),
         "fused forward+backward (sparse)": forward_backward(memrec("fused"), [token, weight],
                                                             gradient="sparse"),
+        "fused forward+update sgd": forward_update(optimizers.SGD(1e-4)),
+        "fused forward+update adagrad": forward_update(optimizers.Adagrad(1e-4)),
         "core forward": forward(memrec("core")),
         "core forward+backward": forward_backward(memrec("core"), [token, weight]),
         **({"other core forward": forward(memrec("other")),
@@ -214,6 +241,10 @@ def main(argv=None):
         "fused fwd+bwd / fused fwd (target <= 2)":
             ("fused forward+backward", "fused forward"),
         "core fwd / fused fwd (target <= 1.5)": ("core forward", "fused forward"),
+        "fused fwd+update sgd / fused fwd+bwd (no target)":
+            ("fused forward+update sgd", "fused forward+backward"),
+        "fused fwd+update adagrad / fused fwd+bwd (no target)":
+            ("fused forward+update adagrad", "fused forward+backward"),
         "core fwd+bwd / fused fwd+bwd (no target)":
             ("core forward+backward", "fused forward+backward"),
         **{f"core {name} fwd / core float32 fwd (no target)":
