@@ -181,25 +181,26 @@ class MemRecEmbedding(keras.layers.Layer):
             self._num_salts = int(last)
         token_shape, weight_shape = self.table_shapes()
         optimizer = self.embedding_optimizer
-        # With an embedding optimizer every replica applies the same summed
-        # update, so the first replica's value stands for all.
-        state = {} if optimizer is None else dict(trainable=False,
-                                                  aggregation=_ONLY_FIRST_REPLICA)
-        if optimizer is not None and self.variable_dtype != self.compute_dtype:
-            raise ValueError(
-                f"an embedding_optimizer needs one dtype for variables and computation, got "
-                f"the dtype policy {self.dtype_policy.name!r}: loss scaling would scale the "
-                "token table's update. Use float32 for this layer (dtype='float32')")
+        if optimizer is None:
+            state = dict(trainable=True)
+        else:
+            if self.variable_dtype != self.compute_dtype:
+                raise ValueError(
+                    "an embedding_optimizer needs one dtype for variables and computation, "
+                    f"got the dtype policy {self.dtype_policy.name!r}: loss scaling would "
+                    "scale the token table's update. Use float32 for this layer "
+                    "(dtype='float32')")
+            # Every replica applies the same summed update: the first's value stands.
+            state = dict(trainable=False, aggregation=_ONLY_FIRST_REPLICA)
         self.token_table = self.add_weight(
             name="token_table", shape=token_shape,
             initializer=self.embeddings_initializer,
-            regularizer=self.embeddings_regularizer, **(state or dict(trainable=True)))
+            regularizer=self.embeddings_regularizer, **state)
         self.weight_table = self.add_weight(
             name="weight_table", shape=weight_shape,
             initializer=self.weights_initializer, trainable=True)
         if optimizer is not None:
-            # One attribute each (not a list), so that tf.train.Checkpoint
-            # tracks them under both Kerases.
+            # An attribute each, not a list: tf.train.Checkpoint tracks these.
             for slot in optimizer.slot_names:
                 setattr(self, f"token_table_{slot}", self.add_weight(
                     name=f"token_table_{slot}", shape=token_shape,
