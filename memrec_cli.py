@@ -172,8 +172,8 @@ def build_parser():
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     p.add_argument("--fused-update", action="store_true",
                    help="MEM-REC: update the token tables inside the gradient kernel with "
-                        "--optimizer (sgd or adagrad) and --learning-rate, instead of writing "
-                        "their gradient out for the optimizer (a faster step; see README)")
+                        "--optimizer and --learning-rate, instead of writing their gradient "
+                        "out for the optimizer (see README)")
     p.add_argument("--hash-seed", type=int, default=0,
                    help="seeds the embedding's hash functions (default 0)")
     p.add_argument("--strategy", choices=STRATEGIES, default="default",

@@ -13,9 +13,9 @@ optimizer, every variant is timed side by side (interleaved rounds, medians):
 * fused:  MemRecEmbedding(implementation="fused") with the Keras optimizer.
 * core:   MemRecEmbedding(implementation="core") with the Keras optimizer.
 * update: MemRecEmbedding(implementation="fused", embedding_optimizer=...)
-          with the optimizer of the same name (SGD, Adagrad; there is no
-          embedding Adam): the token table updated inside the gradient
-          kernel, the weight table by the Keras optimizer.
+          with the optimizer of the same name: the token table updated
+          inside the gradient kernel, the weight table by the Keras
+          optimizer.
 * --breakdown: a group of its own, timed after the table: the fused
           layer's step (Keras optimizer), its forward alone, its step
           without the apply ("no apply": forward, loss, backward, gradients
@@ -197,14 +197,14 @@ def raw_step(name, table, slots, ids, target):
 
 
 def make_embedding_optimizer(name):
-    """The embedding optimizer of Keras optimizer `name`, or None (no such one)."""
+    """The embedding optimizer of Keras optimizer `name`."""
     if name == "sgd":
         return memrec_tf.optimizers.SGD(LEARNING_RATE)
     if name == "adagrad":
         return memrec_tf.optimizers.Adagrad(LEARNING_RATE,
                                             initial_accumulator_value=ADAGRAD_INITIAL,
                                             epsilon=EPSILON)
-    return None
+    return memrec_tf.optimizers.Adam(LEARNING_RATE, epsilon=EPSILON)
 
 
 def memrec_layer(args, k, implementation, embedding_optimizer=None):
@@ -235,7 +235,7 @@ def case_steps(args, rows, distribution, optimizer_name, rng):
             steps[f"{implementation} k={k}"] = keras_step(
                 memrec_layer(args, k, implementation), make_optimizer(optimizer_name), ids,
                 target)
-    if "fused" in args.implementations and make_embedding_optimizer(optimizer_name):
+    if "fused" in args.implementations:
         for k in args.k:
             steps[f"update k={k}"] = update_step(args, k, optimizer_name, ids, target)
     if args.loss_reference:
@@ -272,8 +272,7 @@ def breakdown_steps(args, optimizer_name, rng):
         steps[f"k={k} no apply"] = gradient_step(memrec_layer(args, k, "fused"), ids, target)
         steps[f"k={k} apply only"] = apply_step(memrec_layer(args, k, "fused"),
                                                 make_optimizer(optimizer_name), rng)
-        if make_embedding_optimizer(optimizer_name):
-            steps[f"k={k} update"] = update_step(args, k, optimizer_name, ids, target)
+        steps[f"k={k} update"] = update_step(args, k, optimizer_name, ids, target)
     return steps
 
 
@@ -348,7 +347,7 @@ def main(argv=None):
                         help="also time, as a group of their own, the fused layer's step, its "
                              "forward alone, its step without the optimizer's apply (gradients "
                              "materialised), the apply alone, the loss alone and the step with "
-                             "the update in the backward (SGD, Adagrad)")
+                             "the update in the backward")
     parser.add_argument("--memory-budget-gib", type=float, default=11.0,
                         help="leave out Keras variants whose estimated peak exceeds this")
     parser.add_argument("--rounds", type=int, default=5)
@@ -441,7 +440,7 @@ def main(argv=None):
                 print(f"| {name} | {k} | {step:.1f} | {fwd:.1f} | {loss:.1f} | "
                       f"{grad - fwd - loss:.1f} | {step - grad:.1f} | {grad:.1f} | "
                       f"{m[f'k={k} apply only']:.1f} | "
-                      f"{m.get(f'k={k} update', float('nan')):.1f} |", flush=True)
+                      f"{m[f'k={k} update']:.1f} |", flush=True)
     record = {"args": vars(args), "results": results, "breakdown": breakdown,
               "cpu": cpu_name(),
               "cores": os.cpu_count(), "tensorflow": tf.__version__,

@@ -957,6 +957,7 @@ struct LookupDenseGradFunctor {
 // Keras' update of one token row from its summed gradient g (no FMA: the
 // products and sums round as Keras' separate ops round them).
 struct SgdRowUpdate {
+  static constexpr bool kEveryRow = false;  // untouched rows stay as they are
   float learning_rate;
   void operator()(float* row, const float* g, int64_t /*r*/, int64_t d) const {
     for (int64_t c = 0; c < d; ++c) row[c] = row[c] - g[c] * learning_rate;
@@ -964,6 +965,7 @@ struct SgdRowUpdate {
 };
 
 struct AdagradRowUpdate {
+  static constexpr bool kEveryRow = false;
   float learning_rate;
   float epsilon;
   float* accumulator;  // [m, d]
@@ -978,9 +980,30 @@ struct AdagradRowUpdate {
   }
 };
 
+// Keras 3's Adam moves every row, an untouched one with a zero gradient.
+struct AdamRowUpdate {
+  static constexpr bool kEveryRow = true;
+  float step_size;  // lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+  float epsilon;
+  float one_minus_beta_1;
+  float one_minus_beta_2;
+  float* momentum;  // [m, d]
+  float* velocity;  // [m, d]
+  void operator()(float* row, const float* g, int64_t r, int64_t d) const {
+    float* m = momentum + r * d;
+    float* v = velocity + r * d;
+    for (int64_t c = 0; c < d; ++c) {
+      m[c] = m[c] + (g[c] - m[c]) * one_minus_beta_1;
+      v[c] = v[c] + (g[c] * g[c] - v[c]) * one_minus_beta_2;
+      row[c] = row[c] - (m[c] * step_size) / (std::sqrt(v[c]) + epsilon);
+    }
+  }
+};
+
 // MemRecLookupGradApply: the token rows summed by ScatterTokenRows into a
-// scratch block, each part's touched rows updated in place right after its
-// scatter; the weight table's gradient written to weight_out.
+// scratch block, each part's touched rows (every row for Adam) updated in
+// place right after its scatter; the weight table's gradient written to
+// weight_out.
 struct LookupGradApplyFunctor {
   template <typename RowUpdate>
   Status operator()(OpKernelContext* ctx, const LookupArgs<float>& a, const float* grad,
@@ -993,9 +1016,14 @@ struct LookupGradApplyFunctor {
                                           &scratch));
     float* sums = scratch.flat<float>().data();
     std::vector<char> seen(m, 0);
+    const std::vector<float> zeros(RowUpdate::kEveryRow ? d : 0, 0.f);
     ScatterTokenRows(ctx, a, e, grad, sums, seen.data(), [&](int64_t lo, int64_t hi) {
       for (int64_t row = lo; row < hi; ++row) {
-        if (seen[row]) update(table + row * d, sums + row * d, row, d);
+        if (seen[row]) {
+          update(table + row * d, sums + row * d, row, d);
+        } else if (RowUpdate::kEveryRow) {
+          update(table + row * d, zeros.data(), row, d);
+        }
       }
     });
     WeightScatter(e, a.signature.num_weight_hashes, a.weight_width,
@@ -1148,11 +1176,13 @@ class LookupGradApplyOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("optimizer", &optimizer));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_slots", &num_slots_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-    adagrad_ = optimizer == "adagrad";
-    OP_REQUIRES(ctx, num_slots_ == (adagrad_ ? 1 : 0),
-                errors::InvalidArgument("optimizer '", optimizer, "' takes ",
-                                        adagrad_ ? 1 : 0, " slot variables, got ",
-                                        num_slots_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("one_minus_beta_1", &one_minus_beta_1_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("one_minus_beta_2", &one_minus_beta_2_));
+    optimizer_ = optimizer == "adam" ? kAdam : optimizer == "adagrad" ? kAdagrad : kSgd;
+    const int slots = optimizer_ == kAdam ? 2 : optimizer_ == kAdagrad ? 1 : 0;
+    OP_REQUIRES(ctx, num_slots_ == slots,
+                errors::InvalidArgument("optimizer '", optimizer, "' takes ", slots,
+                                        " slot variables, got ", num_slots_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -1200,8 +1230,13 @@ class LookupGradApplyOp : public OpKernel {
     const float* grad = ctx->input(0).flat<float>().data();
     float* values = table->flat<float>().data();
     float* weight_out = weight_grad->flat<float>().data();
-    if (adagrad_) {
-      const AdagradRowUpdate update{lr, epsilon_, vars[1]->tensor()->flat<float>().data()};
+    auto slot = [&](int i) { return vars[1 + i]->tensor()->flat<float>().data(); };
+    if (optimizer_ == kAdam) {
+      const AdamRowUpdate update{lr, epsilon_, one_minus_beta_1_, one_minus_beta_2_, slot(0),
+                                 slot(1)};
+      OP_REQUIRES_OK(ctx, LookupGradApplyFunctor()(ctx, args, grad, values, update, weight_out));
+    } else if (optimizer_ == kAdagrad) {
+      const AdagradRowUpdate update{lr, epsilon_, slot(0)};
       OP_REQUIRES_OK(ctx, LookupGradApplyFunctor()(ctx, args, grad, values, update, weight_out));
     } else {
       OP_REQUIRES_OK(ctx, LookupGradApplyFunctor()(ctx, args, grad, values,
@@ -1227,10 +1262,14 @@ class LookupGradApplyOp : public OpKernel {
     return ::tensorflow::OkStatus();
   }
 
+  enum Optimizer { kSgd, kAdagrad, kAdam };
+
   LookupInputs<float> inputs_;
   int num_slots_ = 0;
   float epsilon_ = 0.f;
-  bool adagrad_ = false;
+  float one_minus_beta_1_ = 0.f;
+  float one_minus_beta_2_ = 0.f;
+  Optimizer optimizer_ = kSgd;
 };
 
 template <typename Device>

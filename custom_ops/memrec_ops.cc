@@ -239,9 +239,11 @@ REGISTER_OP("MemRecLookupGradApply")
     .Input("slots: num_slots * resource")
     .Input("learning_rate: float")
     .Output("weight_grad: float")
-    .Attr("optimizer: {'sgd', 'adagrad'}")
+    .Attr("optimizer: {'sgd', 'adagrad', 'adam'}")
     .Attr("num_slots: int >= 0")
     .Attr("epsilon: float = 1e-7")
+    .Attr("one_minus_beta_1: float = 0.1")
+    .Attr("one_minus_beta_2: float = 0.001")
     .MEMREC_SIGNATURE_ATTRS.MEMREC_POOLING_ATTRS
     .SetShapeFn(LookupGradApplyShape)
     .Doc(std::string(R"doc(
@@ -254,19 +256,25 @@ is complete, with the formulas of Keras' optimizers:
   sgd:      table[r] -= grad[r] * learning_rate
   adagrad:  slots[0][r] += grad[r]^2
             table[r] -= learning_rate * grad[r] / sqrt(slots[0][r] + epsilon)
-Rows no id touched are left as they are (their gradient is zero, so these
-formulas leave them unchanged too). The weight table's gradient (whose
+  adam:     slots[0][r] += (grad[r] - slots[0][r]) * one_minus_beta_1
+            slots[1][r] += (grad[r]^2 - slots[1][r]) * one_minus_beta_2
+            table[r] -= slots[0][r] * learning_rate / (sqrt(slots[1][r]) + epsilon)
+sgd and adagrad leave the rows no id touched as they are (their gradient is
+zero, so the formulas would too); adam updates every row, as Keras' Adam
+does, the untouched ones with a zero gradient. The weight table's gradient (whose
 dot products read the token table before the update) is returned for the
 model's optimizer. float32 tables, CPU kernel only.
 
 grad: the gradient of the output of MemRecLookup.
 token_table: the float32 [m, d] variable that MemRecLookup read.
 slots: the optimizer's state, each a float32 [m, d] variable: none for sgd,
-  the accumulator for adagrad.
-learning_rate: the step size, a scalar.
-optimizer: the update applied, 'sgd' or 'adagrad'.
-num_slots: 0 for sgd, 1 for adagrad.
-epsilon: adagrad's epsilon.
+  the accumulator for adagrad, the first and second moments for adam.
+learning_rate: the step size, a scalar; for adam the bias-corrected one,
+  lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) at step t.
+optimizer: the update applied, 'sgd', 'adagrad' or 'adam'.
+num_slots: 0 for sgd, 1 for adagrad, 2 for adam.
+epsilon: adagrad's and adam's epsilon.
+one_minus_beta_1, one_minus_beta_2: adam's 1 - beta_1 and 1 - beta_2.
 weight_grad: [m_w, width] the gradient of the weight table.
 The other inputs and attributes are those of the forward op.
 )doc") + kSignatureDoc);

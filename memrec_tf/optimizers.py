@@ -16,9 +16,15 @@ of the layer, so checkpoints, `model.save` and `save_weights` keep it.
 The updates are those of Keras 3's optimizers of the same name:
 
 * SGD:     table -= grad * learning_rate    (equal bit for bit to
-           keras.optimizers.SGD without momentum on the fused CPU path)
+           keras.optimizers.SGD without momentum)
 * Adagrad: accumulator += grad ** 2
            table -= learning_rate * grad / sqrt(accumulator + epsilon)
+* Adam:    momentum += (grad - momentum) * (1 - beta_1)
+           velocity += (grad ** 2 - velocity) * (1 - beta_2)
+           table -= momentum * alpha / (sqrt(velocity) + epsilon), with
+           alpha = learning_rate * sqrt(1 - beta_2^t) / (1 - beta_1^t) at
+           update t; as Keras' Adam, every row moves every step (the
+           untouched ones with a zero gradient).
 
 `learning_rate` is a float or a `keras.optimizers.schedules.LearningRateSchedule`,
 called with the number of updates applied before this one.
@@ -32,7 +38,7 @@ class EmbeddingOptimizer:
     """The update a MemRecEmbedding applies to its token table (see the module).
 
     Attributes:
-      name: "sgd" or "adagrad", the update of the fused kernel.
+      name: "sgd", "adagrad" or "adam", the update of the fused kernel.
       slot_names: the optimizer's per-element state, one table-shaped weight each.
     """
     name = None
@@ -56,16 +62,26 @@ class EmbeddingOptimizer:
 
     def slot_initial_value(self, slot_name):
         """The value every element of slot `slot_name` starts from."""
-        raise KeyError(slot_name)
+        if slot_name not in self.slot_names:
+            raise KeyError(slot_name)
+        return 0.0
 
-    def apply(self, table, grad, slots, learning_rate):
+    def kernel_learning_rate(self, iterations):
+        """The fused kernel's `learning_rate` input after `iterations` updates."""
+        return self.learning_rate_at(iterations)
+
+    def kernel_attrs(self):
+        """The fused kernel's attributes of this optimizer (see MemRecLookupGradApply)."""
+        return {}
+
+    def apply(self, table, grad, slots, iterations):
         """The update in TensorFlow's built-in ops (the path off the fused kernel).
 
         Args:
           table: the token table's tf.Variable.
           grad: its gradient, a dense tensor or `tf.IndexedSlices` with distinct rows.
           slots: the slot variables, in `slot_names` order.
-          learning_rate: a float32 scalar.
+          iterations: the number of updates applied before this one.
 
         Returns:
           The op that applies the update.
@@ -105,9 +121,9 @@ class SGD(EmbeddingOptimizer):
     def __init__(self, learning_rate=0.01):
         super().__init__(learning_rate)
 
-    def apply(self, table, grad, slots, learning_rate):
+    def apply(self, table, grad, slots, iterations):
         values, rows = _rows(grad)
-        step = values * learning_rate
+        step = values * self.learning_rate_at(iterations)
         if rows is None:
             return table.assign_sub(step)
         return table.scatter_sub(tf.IndexedSlices(step, rows))
@@ -128,11 +144,14 @@ class Adagrad(EmbeddingOptimizer):
         self.epsilon = float(epsilon)
 
     def slot_initial_value(self, slot_name):
-        if slot_name != "accumulator":
-            raise KeyError(slot_name)
+        super().slot_initial_value(slot_name)
         return self.initial_accumulator_value
 
-    def apply(self, table, grad, slots, learning_rate):
+    def kernel_attrs(self):
+        return {"epsilon": self.epsilon}
+
+    def apply(self, table, grad, slots, iterations):
+        learning_rate = self.learning_rate_at(iterations)
         (accumulator,) = slots
         values, rows = _rows(grad)
         if rows is None:
@@ -150,13 +169,56 @@ class Adagrad(EmbeddingOptimizer):
                     epsilon=self.epsilon)
 
 
-_CLASSES = {cls.__name__: cls for cls in (SGD, Adagrad)}
-_NAMES = {cls.name: cls for cls in (SGD, Adagrad)}
+class Adam(EmbeddingOptimizer):
+    """Adam with Keras 3's update and defaults (no amsgrad)."""
+    name = "adam"
+    slot_names = ("momentum", "velocity")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        for key, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value < 1:
+                raise ValueError(f"{key} must be a number in [0, 1), got {value!r}")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
+            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def kernel_learning_rate(self, iterations):
+        # Keras' bias-corrected step size, in the same float32 ops.
+        local_step = tf.cast(iterations + 1, tf.float32)
+        beta_1_power = tf.pow(tf.cast(self.beta_1, tf.float32), local_step)
+        beta_2_power = tf.pow(tf.cast(self.beta_2, tf.float32), local_step)
+        return (self.learning_rate_at(iterations) * tf.sqrt(1 - beta_2_power)
+                / (1 - beta_1_power))
+
+    def kernel_attrs(self):
+        # 1 - beta as Keras computes it: in Python floats, then float32.
+        return {"epsilon": self.epsilon, "one_minus_beta_1": 1 - self.beta_1,
+                "one_minus_beta_2": 1 - self.beta_2}
+
+    def apply(self, table, grad, slots, iterations):
+        momentum, velocity = slots
+        # Every row moves, as in Keras' Adam: the gradient is made dense.
+        grad = tf.convert_to_tensor(grad)
+        alpha = self.kernel_learning_rate(iterations)
+        m = momentum.assign_add((grad - momentum) * (1 - self.beta_1))
+        v = velocity.assign_add((tf.square(grad) - velocity) * (1 - self.beta_2))
+        return table.assign_sub((m * alpha) / (tf.sqrt(v) + self.epsilon))
+
+    def get_config(self):
+        return dict(super().get_config(), beta_1=self.beta_1, beta_2=self.beta_2,
+                    epsilon=self.epsilon)
+
+
+_CLASSES = {cls.__name__: cls for cls in (SGD, Adagrad, Adam)}
+_NAMES = {cls.name: cls for cls in (SGD, Adagrad, Adam)}
 
 
 def get(identifier):
-    """An EmbeddingOptimizer from itself, a name ("sgd", "adagrad", with Keras'
-    default learning rates), a `serialize` dict, or None (no embedding optimizer).
+    """An EmbeddingOptimizer from itself, a name ("sgd", "adagrad", "adam", with
+    Keras' default learning rates), a `serialize` dict, or None (no embedding
+    optimizer).
 
     Raises:
       ValueError: anything else.
@@ -168,8 +230,8 @@ def get(identifier):
     if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
         return _CLASSES[identifier["class_name"]].from_config(identifier.get("config", {}))
     raise ValueError(
-        "embedding_optimizer must be memrec_tf.optimizers.SGD(...) or Adagrad(...), the "
-        f"name 'sgd' or 'adagrad', or None; got {identifier!r}")
+        "embedding_optimizer must be memrec_tf.optimizers.SGD(...), Adagrad(...) or "
+        f"Adam(...), the name 'sgd', 'adagrad' or 'adam', or None; got {identifier!r}")
 
 
 def serialize(optimizer):

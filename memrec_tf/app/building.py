@@ -24,16 +24,14 @@ OPTIMIZERS = {"adam": lambda lr: keras.optimizers.Adam(lr),
 
 
 def embedding_optimizer(embedding, optimizer, learning_rate):
-    """The embedding optimizer of --fused-update: --optimizer's, at --learning-rate."""
+    """The embedding optimizer of --fused-update: --optimizer's, at --learning-rate
+    (with the defaults of the Keras optimizers of OPTIMIZERS)."""
     if embedding not in MEMREC_EMBEDDINGS:
         raise UsageError(f"--fused-update updates MEM-REC token tables: it applies to "
                          f"--embedding {' / '.join(MEMREC_EMBEDDINGS)}, not {embedding}")
-    if optimizer not in ("sgd", "adagrad"):
-        raise UsageError(f"--fused-update applies --optimizer sgd or adagrad inside the "
-                         f"gradient kernel; there is no fused {optimizer}: pass --optimizer "
-                         "sgd or adagrad, or leave out --fused-update")
-    # The Keras optimizers of OPTIMIZERS, with their defaults.
-    return {"sgd": optimizers.SGD, "adagrad": optimizers.Adagrad}[optimizer](learning_rate)
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    return optimizers.get(optimizer).__class__(learning_rate)
 
 
 def embedding_options(method, embedding_dim, cardinalities, compression, overrides,

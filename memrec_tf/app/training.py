@@ -101,7 +101,7 @@ def train(data_options, output, model_kind="dlrm", embedding="memrec", embedding
     batches (`sources.holdout_every`), stops when their AUC has not improved
     for PATIENCE epochs (at most MAX_EPOCHS) and keeps the best weights.
     `fused_update` updates the MEM-REC token tables inside the gradient
-    kernel with `optimizer` ("sgd" or "adagrad"; see `memrec_tf.optimizers`).
+    kernel with `optimizer` (see `memrec_tf.optimizers`).
 
     Returns:
       The metrics dict (also written to `output/metrics.json`).

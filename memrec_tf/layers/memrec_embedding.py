@@ -82,10 +82,10 @@ class MemRecEmbedding(keras.layers.Layer):
         values, when indices are ordered by frequency) own a token row each.
       embedding_optimizer: None (the token table is a trainable weight, for
         the model's optimizer), or a `memrec_tf.optimizers` optimizer
-        (`SGD(...)`, `Adagrad(...)`, or their names): the token table is
-        updated in the layer's own backward pass, on CPU inside the fused
-        gradient kernel; its state is kept in non-trainable weights (see
-        `memrec_tf.optimizers`). The weight table stays trainable.
+        (`SGD(...)`, `Adagrad(...)`, `Adam(...)` or their names): the token
+        table is updated in the layer's own backward pass, on CPU inside the
+        fused gradient kernel; its state is kept in non-trainable weights
+        (see `memrec_tf.optimizers`). The weight table stays trainable.
       **kwargs: passed to `keras.layers.Layer`.
 
     Input: int32, int64 or string ids; dense [B] -> [B, d]; dense [..., L] ->

@@ -296,30 +296,32 @@ def hash_rows(ids, signature, num_token_rows, num_weight_rows, name=None):
 
 
 def lookup_grad_apply(grad, ids, row_splits, weights, token_table, weight_table, signature,
-                      optimizer, slots, learning_rate, epsilon=1e-7, combiner="sum",
-                      weight_mode="scalar", name=None):
+                      optimizer, slots, learning_rate, combiner="sum", weight_mode="scalar",
+                      name=None, **optimizer_attrs):
     """Runs MemRecLookupGradApply: applies the token table's gradient of a
-    MemRecLookup to `token_table` in place (sgd or adagrad, the formulas of
-    Keras' optimizers), and returns the weight table's gradient.
+    MemRecLookup to `token_table` in place (sgd, adagrad or adam, the
+    formulas of Keras' optimizers), and returns the weight table's gradient.
 
     Args:
       grad: float32, the gradient of the lookup's output.
       ids, row_splits, weights, weight_table, signature, combiner,
         weight_mode: those of the forward `lookup`.
       token_table: the float32 tf.Variable [m, d] the forward read.
-      optimizer: "sgd" or "adagrad".
+      optimizer: "sgd", "adagrad" or "adam".
       slots: the optimizer's float32 tf.Variables of the token table's shape:
-        [] for sgd, [accumulator] for adagrad.
-      learning_rate: a float32 scalar.
-      epsilon: adagrad's epsilon.
+        [] for sgd, [accumulator] for adagrad, [momentum, velocity] for adam.
+      learning_rate: a float32 scalar; for adam the bias-corrected step size.
+      **optimizer_attrs: epsilon (adagrad, adam), one_minus_beta_1 and
+        one_minus_beta_2 (adam).
 
     Returns:
       float32 [m_w, width], the gradient of the weight table.
     """
     return load_library().mem_rec_lookup_grad_apply(
         grad, ids, row_splits, weights, token_table.handle, weight_table,
-        [slot.handle for slot in slots], learning_rate, optimizer=optimizer, epsilon=epsilon,
-        combiner=combiner, weight_mode=weight_mode, name=name, **signature.op_attrs())
+        [slot.handle for slot in slots], learning_rate, optimizer=optimizer,
+        combiner=combiner, weight_mode=weight_mode, name=name, **optimizer_attrs,
+        **signature.op_attrs())
 
 
 def _lookup_grad(op, grad):

@@ -69,11 +69,10 @@ def lookup_and_update(ids, row_splits, weights, token_table, weight_table, signa
             out = lookup(ids, row_splits, weights, table, weight_values, signature, **args)
 
             def gradient(upstream):
-                learning_rate = optimizer.learning_rate_at(iterations)
-                epsilon = getattr(optimizer, "epsilon", 0.0)
                 weight_grad = fused.lookup_grad_apply(
                     upstream, ids, row_splits, weights, token_table, weight_values, signature,
-                    optimizer.name, slots, learning_rate, epsilon=epsilon, **args)
+                    optimizer.name, slots, optimizer.kernel_learning_rate(iterations),
+                    **optimizer.kernel_attrs(), **args)
                 return _after_counting(iterations, weight_grad)
             return out, gradient
 
@@ -89,8 +88,7 @@ def lookup_and_update(ids, row_splits, weights, token_table, weight_table, signa
                 # Each replica applies the same sum to its copy.
                 token_grad = context.all_reduce(tf.distribute.ReduceOp.SUM,
                                                 tf.convert_to_tensor(token_grad))
-            update = optimizer.apply(token_table, token_grad, slots,
-                                     optimizer.learning_rate_at(iterations))
+            update = optimizer.apply(token_table, token_grad, slots, iterations)
             with tf.control_dependencies([update]):
                 return _after_counting(iterations, weight_grad)
         return out, generic_gradient

@@ -184,7 +184,6 @@ def test_libfm_and_csv_formats(tmp_path):
     (["train", "--epochs", "0"], "positive"),
     (["train", "--embedding", "bogus"], "invalid choice"),
     (["train", "--embedding", "qr", "--num-hashes", "3"], "apply only to"),
-    (["train", "--fused-update"], "there is no fused adam"),
     (["train", "--fused-update", "--optimizer", "sgd", "--embedding", "full"],
      "applies to --embedding memrec"),
     (["evaluate", "--model-dir", "/nonexistent/run"], "no trained model"),
@@ -290,17 +289,21 @@ def test_resume_from_checkpoint_reaches_the_uninterrupted_weights(tmp_path, upda
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_update_trains_as_the_model_optimizer_does(tmp_path):
+@pytest.mark.parametrize("optimizer, learning_rate, class_name",
+                         [("sgd", 0.1, "SGD"), ("adam", 1e-3, "Adam")])
+def test_fused_update_trains_as_the_model_optimizer_does(tmp_path, optimizer, learning_rate,
+                                                         class_name):
     options = sources.DataOptions(synthetic_preset="tiny", synthetic_rows=2048,
                                   synthetic_eval_rows=512)
-    kwargs = dict(epochs=2, batch_size=256, verbose=0, optimizer="sgd", learning_rate=0.1)
+    kwargs = dict(epochs=2, batch_size=256, verbose=0, optimizer=optimizer,
+                  learning_rate=learning_rate)
     model = training.train(options, str(tmp_path / "model"), **kwargs)
     fused = training.train(options, str(tmp_path / "fused"), fused_update=True, **kwargs)
-    # SGD applied in the gradient kernel equals Keras' SGD bit for bit.
+    # SGD and Adam applied in the gradient kernel equal Keras' bit for bit.
     assert fused["auc"] == model["auc"] and fused["logloss"] == model["logloss"]
     run = json.loads((tmp_path / "fused" / runs.RUN_FILE).read_text())
     assert run["settings"]["fused_update"] is True
-    assert run["embedding_options"]["embedding_optimizer"]["class_name"] == "SGD"
+    assert run["embedding_options"]["embedding_optimizer"]["class_name"] == class_name
     layer = [w for w in runs.load_model(str(tmp_path / "fused")).non_trainable_weights
              if "embedding_optimizer_iterations" in w.name]
     assert len(layer) == 1 and int(layer[0].numpy()) == 2 * 2048 // 256

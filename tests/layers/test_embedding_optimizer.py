@@ -93,6 +93,19 @@ def test_adagrad_trains_as_keras_adagrad(lib, implementation, gradient):
     assert int(layer.optimizer_iterations.numpy()) == 3
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("gradient", ["auto", "sparse"])
+def test_adam_trains_as_keras_adam(lib, implementation, gradient):
+    del lib
+    with memrec_tf.ops.gradient_format(gradient):
+        reference = _train(_layer(implementation), keras.optimizers.Adam(0.05), steps=3)
+        layer = _train(_layer(implementation, optimizers.Adam(0.05)),
+                       keras.optimizers.Adam(0.05), steps=3)
+    np.testing.assert_array_equal(layer.token_table.numpy(), reference.token_table.numpy())
+    np.testing.assert_array_equal(layer.weight_table.numpy(), reference.weight_table.numpy())
+    assert int(layer.optimizer_iterations.numpy()) == 3
+
+
 def test_the_token_table_is_state_not_a_trainable_weight(lib):
     del lib
     layer = _layer("fused", "adagrad")
@@ -173,7 +186,7 @@ def test_the_config_round_trips_with_its_schedule(lib):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(embedding_optimizer="adam"), "embedding_optimizer must be"),
+    (dict(embedding_optimizer="rmsprop"), "embedding_optimizer must be"),
     (dict(embedding_optimizer=optimizers.SGD), "embedding_optimizer must be"),
     (dict(embedding_optimizer="sgd", embeddings_regularizer="l2"), "Pass one of the two"),
 ])
@@ -241,7 +254,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
         return copies, int(embedding.optimizer_iterations.numpy())
 
     result = {}
-    for name in ("sgd", "adagrad"):
+    for name in ("sgd", "adagrad", "adam"):
         for implementation in ("fused", "core"):
             single, _ = train(tf.distribute.get_strategy(), name, implementation)
             copies, steps = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), name,

@@ -36,11 +36,13 @@ def _dense_gradients(lib, c):
         combiner=c["combiner"], weight_mode=c["weight_mode"], **c["sig"].op_attrs())
 
 
-def _apply(c, table, optimizer, slots=(), learning_rate=LEARNING_RATE):
+def _apply(c, table, optimizer, slots=(), learning_rate=LEARNING_RATE, **attrs):
+    if optimizer != "sgd":
+        attrs.setdefault("epsilon", float(EPSILON))
     return fused.lookup_grad_apply(
         c["grad"], c["ids"], c["splits"], c["weights"], table, c["wtable"], c["sig"], optimizer,
-        list(slots), tf.constant(learning_rate), epsilon=float(EPSILON),
-        combiner=c["combiner"], weight_mode=c["weight_mode"])
+        list(slots), tf.constant(learning_rate), combiner=c["combiner"],
+        weight_mode=c["weight_mode"], **attrs)
 
 
 @pytest.mark.parametrize("combiner", ["none", "sum", "mean", "sqrtn"])
@@ -68,6 +70,28 @@ def test_adagrad_follows_its_formula_bit_for_bit(lib, rng):
     np.testing.assert_array_equal(table.numpy(), c["table"] - step)
 
 
+def test_adam_moves_every_row_by_its_formula_bit_for_bit(lib, rng):
+    c = _case(rng)
+    token_grad = _dense_gradients(lib, c)[0].numpy()
+    m0 = rng.uniform(-0.1, 0.1, c["table"].shape).astype(np.float32)
+    v0 = rng.uniform(0.0, 0.1, c["table"].shape).astype(np.float32)
+    table, momentum, velocity = (tf.Variable(x) for x in (c["table"], m0, v0))
+    one_minus = (np.float32(1 - 0.9), np.float32(1 - 0.999))
+    _apply(c, table, "adam", [momentum, velocity], one_minus_beta_1=1 - 0.9,
+           one_minus_beta_2=1 - 0.999)
+    # Keras' Adam, untouched rows (zero gradient) included; LEARNING_RATE
+    # stands for the bias-corrected step size.
+    m = m0 + (token_grad - m0) * one_minus[0]
+    v = v0 + (token_grad * token_grad - v0) * one_minus[1]
+    np.testing.assert_array_equal(momentum.numpy(), m)
+    np.testing.assert_array_equal(velocity.numpy(), v)
+    np.testing.assert_array_equal(table.numpy(),
+                                  c["table"] - (m * LEARNING_RATE) / (np.sqrt(v) + EPSILON))
+    untouched = (token_grad == 0).all(axis=1)
+    assert untouched.any() and not np.array_equal(table.numpy()[untouched],
+                                                  c["table"][untouched])
+
+
 def test_a_value_read_before_the_update_keeps_its_values(lib, rng):
     c = _case(rng)
     table = tf.Variable(c["table"])
@@ -89,6 +113,8 @@ def test_bad_slots_and_learning_rates_are_refused(lib, rng):
     table = tf.Variable(c["table"])
     with pytest.raises(tf.errors.InvalidArgumentError, match="takes 1 slot variables, got 0"):
         _apply(c, table, "adagrad", [])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="takes 2 slot variables, got 1"):
+        _apply(c, table, "adam", [tf.Variable(tf.zeros_like(table))])
     with pytest.raises(tf.errors.InvalidArgumentError, match="must be distinct"):
         _apply(c, table, "adagrad", [table])
     with pytest.raises(tf.errors.InvalidArgumentError, match="of the token table's shape"):
