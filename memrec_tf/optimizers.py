@@ -9,14 +9,14 @@ Computing the gradient through the layer (what every `model.fit` step
 does) updates the token table there and then: on CPU the fused kernel sums
 each row's gradient and applies it in place, never writing the table-sized
 gradient out. The weight table stays a trainable weight, updated by the
-model's optimizer. The optimizer's state (Adagrad's accumulator, the step
-count that a learning-rate schedule reads) is held in non-trainable weights
-of the layer, so checkpoints, `model.save` and `save_weights` keep it.
+model's optimizer. The optimizer's state (Adagrad's accumulator, Adam's
+moments, the step count that a learning-rate schedule reads) is held in
+non-trainable weights of the layer, so checkpoints, `model.save` and
+`save_weights` keep it.
 
 The updates are those of Keras 3's optimizers of the same name:
 
-* SGD:     table -= grad * learning_rate    (equal bit for bit to
-           keras.optimizers.SGD without momentum)
+* SGD:     table -= grad * learning_rate    (Keras' SGD without momentum)
 * Adagrad: accumulator += grad ** 2
            table -= learning_rate * grad / sqrt(accumulator + epsilon)
 * Adam:    momentum += (grad - momentum) * (1 - beta_1)
@@ -25,6 +25,9 @@ The updates are those of Keras 3's optimizers of the same name:
            alpha = learning_rate * sqrt(1 - beta_2^t) / (1 - beta_1^t) at
            update t; as Keras' Adam, every row moves every step (the
            untouched ones with a zero gradient).
+
+SGD and Adam train bit for bit as Keras' do; Adagrad to float32 rounding
+(TensorFlow's graph optimizer rewrites Keras' x / sqrt(y) as x * rsqrt(y)).
 
 `learning_rate` is a float or a `keras.optimizers.schedules.LearningRateSchedule`,
 called with the number of updates applied before this one.

@@ -95,13 +95,21 @@ def test_adagrad_trains_as_keras_adagrad(lib, implementation, gradient):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("gradient", ["auto", "sparse"])
-def test_adam_trains_as_keras_adam(lib, implementation, gradient):
+def test_adam_trains_as_keras_adam(lib, keras_mode, implementation, gradient):
     del lib
     with memrec_tf.ops.gradient_format(gradient):
         reference = _train(_layer(implementation), keras.optimizers.Adam(0.05), steps=3)
         layer = _train(_layer(implementation, optimizers.Adam(0.05)),
                        keras.optimizers.Adam(0.05), steps=3)
-    np.testing.assert_array_equal(layer.token_table.numpy(), reference.token_table.numpy())
+    if keras_mode == "tf_keras" and gradient == "sparse":
+        # tf-keras' Adam applies IndexedSlices with its own sparse formula
+        # (m * beta_1, then g * (1 - beta_1) scattered in), which rounds
+        # differently from Keras 3's m + (g - m) * (1 - beta_1).
+        np.testing.assert_allclose(layer.token_table.numpy(), reference.token_table.numpy(),
+                                   rtol=1e-5, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(layer.token_table.numpy(),
+                                      reference.token_table.numpy())
     np.testing.assert_array_equal(layer.weight_table.numpy(), reference.weight_table.numpy())
     assert int(layer.optimizer_iterations.numpy()) == 3
 
