@@ -131,6 +131,11 @@ def count_training_values(options, batch_size=8192):
         counted = reading([reader], data_lib.count_values, reader)
     except data_lib.TooManyValuesError as e:
         raise UsageError(f"{e} in {path}: pass --cardinalities instead of counting them") from e
+    except data_lib.NoRowsError as e:
+        reasons = read_stats([reader])["first_rejects"][:3]
+        raise UsageError(f"{flag} {path} holds no valid rows"
+                         + (f" ({'; '.join(reasons)})" if reasons else " (the file is empty)")
+                         ) from e
     check_rejects([reader], options.max_rejected)
     return counted, reader.spec, reader.stats.rows_read
 

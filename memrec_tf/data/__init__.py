@@ -62,7 +62,8 @@ libFM indices, no OOV slot). `data_dir()` finds the shared data folder
 """
 from memrec_tf.data._lines import MAX_LINE_BYTES
 from memrec_tf.data.arrays import ArrayData
-from memrec_tf.data.counting import TooManyValuesError, count_values, counted_cardinalities
+from memrec_tf.data.counting import (NoRowsError, TooManyValuesError, count_values,
+                                     counted_cardinalities)
 from memrec_tf.data.criteo import CRITEO_SPEC, CriteoTSVReader, dense_transform, load_criteo_sample
 from memrec_tf.data.csv_reader import CSVReader, sniff_delimiter
 from memrec_tf.data.hashing import EMPTY_ID, hash_strings, hash_strings_tf
@@ -79,7 +80,7 @@ __all__ = [
     "ArrayData", "CRITEO_SPEC", "CSVReader", "ColumnSpec", "CorruptFileError", "CriteoTSVReader",
     "EMPTY_ID", "FRAPPE_CARDINALITIES", "FRAPPE_FIELDS", "LibFMReader", "MAX_LINE_BYTES",
     "MOVIELENS_COLUMNS", "MalformedLineError", "PRESETS", "ReadStats", "Reject",
-    "SyntheticCriteo", "TERABYTE_CARDINALITIES", "TooManyValuesError", "Vocabulary",
+    "NoRowsError", "SyntheticCriteo", "TERABYTE_CARDINALITIES", "TooManyValuesError", "Vocabulary",
     "count_lines", "count_values", "counted_cardinalities", "data_dir", "dense_transform",
     "frappe_reader", "frequency_order", "hash_strings", "hash_strings_tf", "load_criteo_sample",
     "load_frappe", "load_movielens100k", "movielens100k_dataset", "sniff_delimiter",

@@ -13,6 +13,10 @@ class TooManyValuesError(ValueError):
     """The data holds more distinct values than the count's limit."""
 
 
+class NoRowsError(ValueError):
+    """The data holds no valid row to count."""
+
+
 def count_values(reader, limit: int = DEFAULT_LIMIT) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Training counts of every categorical value, in one streaming pass.
 
@@ -27,7 +31,7 @@ def count_values(reader, limit: int = DEFAULT_LIMIT) -> List[Tuple[np.ndarray, n
 
     Raises:
       TooManyValuesError: more than `limit` distinct values in all.
-      ValueError: no valid rows.
+      NoRowsError: no valid rows.
     """
     columns = None  # per column: merged (values, counts) and batches not yet merged
     for features, _ in reader.iter_batches():
@@ -50,7 +54,7 @@ def count_values(reader, limit: int = DEFAULT_LIMIT) -> List[Tuple[np.ndarray, n
             raise TooManyValuesError(f"more than {limit:,} distinct categorical values")
     if columns is None:
         paths = getattr(reader, "paths", None)
-        raise ValueError(f"no valid rows in {', '.join(paths) if paths else reader}")
+        raise NoRowsError(f"no valid rows in {', '.join(paths) if paths else reader}")
     return [_merge_counts([c["merged"]] + c["pending"]) for c in columns]
 
 

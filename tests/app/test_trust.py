@@ -157,6 +157,15 @@ def test_messages_name_the_flag_the_user_passed(tmp_path, capsys):
     assert cli.main(["export", "--model-dir", str(tmp_path), "--output",
                      str(blocker / "export")]) == 2
     assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    for command, flag in (["train", "--train"], ["plan", "--data"]):
+        argv = [command, flag, str(empty), "--format", "criteo"]
+        if command == "train":
+            argv += ["--output", str(tmp_path / "run")]
+        assert cli.main(argv) == 2
+        assert f"{flag} {empty} holds no valid rows (the file is empty)" in (
+            capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("columns", ["click,site", "label=a,label=b", "bogus=x"])
