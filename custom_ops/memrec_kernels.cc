@@ -687,6 +687,58 @@ struct GradientEntries {
   }
 };
 
+// Sums each token row's gradient without grouping the slots by row: into
+// sums[place(row) * d ...], where place maps a token row to its row of
+// `sums` (the row itself for a table-shaped block, its index among the
+// distinct rows for a compact one). Each part owns a range of token rows,
+// scans every slot in ascending order and adds those of its rows, scaled,
+// into `sums` (the first one stored, not added, so that `sums` need not be
+// zeroed first; `seen` marks the rows written), then calls
+// finish_part(lo, hi) on its rows while they are still warm
+// (`finish_cost`: its estimated cycles per part). Sums run in ascending
+// slot order within a row, however the parts are split.
+template <typename T, typename Acc, typename Place, typename FinishPart>
+void ScatterTokenRows(OpKernelContext* ctx, const LookupArgs<T>& a,
+                      const GradientEntries<T>& e, const T* grad, Acc* sums, char* seen,
+                      Place place, int64_t finish_cost, FinishPart finish_part) {
+  const int k = a.signature.num_hashes;
+  const int64_t m = a.signature.num_token_rows, d = a.dim;
+  const int64_t slots = static_cast<int64_t>(e.token_rows.size());
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  const int64_t parts = std::max(1, workers->NumThreads());
+  auto scatter = [&](int64_t p_begin, int64_t p_end) {
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
+      for (int64_t i = 0; i < slots; ++i) {
+        // Rows are written in random order: fetch them ahead.
+        const int64_t i_ahead = i + kAhead * k;
+        if (i_ahead < slots) {
+          const int64_t ahead = e.token_rows[i_ahead];
+          if (ahead >= lo && ahead < hi) PrefetchRow(sums + place(ahead) * d, d);
+        }
+        const int64_t row = e.token_rows[i];
+        if (row < lo || row >= hi) continue;
+        const T* g = grad + e.out_row[i / k] * d;
+        Acc* acc = sums + place(row) * d;
+        const Acc f = e.slot_factor[i];
+        if (!seen[row]) {
+          seen[row] = 1;
+          for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
+        } else {
+          AddScaledRow(acc, g, f, d);
+        }
+      }
+      finish_part(lo, hi);
+    }
+  };
+  ParallelFor(ctx, parts, slots * (d * kColumnCost + kSlotScanCost) + finish_cost, scatter);
+}
+
+// A token row's row in a table-shaped block of sums: itself.
+struct SameRow {
+  int64_t operator()(int64_t row) const { return row; }
+};
+
 }  // namespace
 
 template <typename T>
@@ -696,7 +748,7 @@ struct LookupGradFunctor<CPUDevice, T> {
     GradientEntries<T> e;
     e.Compute(ctx, a, grad);
     TF_RETURN_IF_ERROR(
-        TokenGradient(ctx, a, grad, e.token_rows, e.out_row, e.slot_factor));
+        TokenGradient(ctx, a, grad, e));
     return WeightGradient(ctx, a, e.weight_rows, e.dots);
   }
 
@@ -705,10 +757,10 @@ struct LookupGradFunctor<CPUDevice, T> {
 
   // Sums slot_factor[e] * grad[out_row[e / k]] into each distinct row.
   static Status TokenGradient(OpKernelContext* ctx, const LookupArgs<T>& a,
-                              const T* grad,
-                              const std::vector<int64_t>& token_rows,
-                              const std::vector<int64_t>& out_row,
-                              const std::vector<Acc>& slot_factor) {
+                              const T* grad, const GradientEntries<T>& e) {
+    const std::vector<int64_t>& token_rows = e.token_rows;
+    const std::vector<int64_t>& out_row = e.out_row;
+    const std::vector<Acc>& slot_factor = e.slot_factor;
     const int k = a.signature.num_hashes;
     const int64_t m = a.signature.num_token_rows, d = a.dim;
     const int64_t slots = static_cast<int64_t>(token_rows.size());
@@ -774,32 +826,9 @@ struct LookupGradFunctor<CPUDevice, T> {
       sums = scratch_tensor.flat<Acc>().data();
     }
     std::vector<char> seen(m, 0);
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    const int64_t parts = std::max(1, workers->NumThreads());
-    auto scatter = [&](int64_t p_begin, int64_t p_end) {
-      for (int64_t p = p_begin; p < p_end; ++p) {
-        const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
-        for (int64_t e = 0; e < slots; ++e) {
-          // Rows are written in random order: fetch them ahead.
-          const int64_t e_ahead = e + kAhead * k;
-          if (e_ahead < slots && token_rows[e_ahead] >= lo && token_rows[e_ahead] < hi) {
-            PrefetchRow(sums + position[token_rows[e_ahead]] * d, d);
-          }
-          const int64_t row = token_rows[e];
-          if (row < lo || row >= hi) continue;
-          const T* g = grad + out_row[e / k] * d;
-          Acc* acc = sums + position[row] * d;
-          const Acc f = slot_factor[e];
-          if (!seen[row]) {
-            seen[row] = 1;
-            for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
-          } else {
-            AddScaledRow(acc, g, f, d);
-          }
-        }
-      }
-    };
-    ParallelFor(ctx, parts, slots * (d * kColumnCost + kSlotScanCost), scatter);
+    ScatterTokenRows(ctx, a, e, grad, sums, seen.data(),
+                     [&](int64_t row) { return position[row]; }, 0,
+                     [](int64_t, int64_t) {});
     if (!std::is_same<T, Acc>::value) {
       auto convert = [&](int64_t begin, int64_t end) {
         for (int64_t i = begin * d; i < end * d; ++i) values[i] = static_cast<T>(sums[i]);
@@ -847,51 +876,6 @@ struct LookupGradFunctor<CPUDevice, T> {
 
 namespace {
 
-// Sums each token row's gradient into sums[row * d ...] without grouping
-// the slots by row. Each part owns a range of token rows, scans every slot in
-// ascending order and adds those of its rows, scaled, into `sums` (the first
-// one stored, not added, so that `sums` need not be zeroed first; `seen`
-// marks the rows written), then calls finish_part(lo, hi) on its rows while
-// they are still warm. Sums run in the order of the sparse kernel: ascending
-// slot order within a row.
-template <typename T, typename Acc, typename FinishPart>
-void ScatterTokenRows(OpKernelContext* ctx, const LookupArgs<T>& a,
-                      const GradientEntries<T>& e, const T* grad, Acc* sums,
-                      char* seen, FinishPart finish_part) {
-  const int k = a.signature.num_hashes;
-  const int64_t m = a.signature.num_token_rows, d = a.dim;
-  const int64_t slots = static_cast<int64_t>(e.token_rows.size());
-  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t parts = std::max(1, workers->NumThreads());
-  auto scatter = [&](int64_t p_begin, int64_t p_end) {
-    for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t lo = m * p / parts, hi = m * (p + 1) / parts;
-      for (int64_t i = 0; i < slots; ++i) {
-        // Rows are written in random order: fetch them ahead.
-        const int64_t i_ahead = i + kAhead * k;
-        if (i_ahead < slots) {
-          const int64_t ahead = e.token_rows[i_ahead];
-          if (ahead >= lo && ahead < hi) PrefetchRow(sums + ahead * d, d);
-        }
-        const int64_t row = e.token_rows[i];
-        if (row < lo || row >= hi) continue;
-        const T* g = grad + e.out_row[i / k] * d;
-        Acc* acc = sums + row * d;
-        const Acc f = e.slot_factor[i];
-        if (!seen[row]) {
-          seen[row] = 1;
-          for (int64_t c = 0; c < d; ++c) acc[c] = f * static_cast<Acc>(g[c]);
-        } else {
-          AddScaledRow(acc, g, f, d);
-        }
-      }
-      finish_part(lo, hi);
-    }
-  };
-  ParallelFor(ctx, parts, slots * (d * kColumnCost + kSlotScanCost) + m * d * kColumnCost,
-              scatter);
-}
-
 // Sums each entry's dots into its weight row, in ascending entry order
 // (the weight table is small: one thread, in cache).
 template <typename T, typename Acc>
@@ -934,7 +918,8 @@ struct LookupDenseGradFunctor {
       weight_sums = weight_scratch.flat<Acc>().data();
     }
     std::vector<char> seen(m, 0);
-    ScatterTokenRows(ctx, a, e, grad, sums, seen.data(), [&](int64_t lo, int64_t hi) {
+    ScatterTokenRows(ctx, a, e, grad, sums, seen.data(), SameRow(), m * d * kColumnCost,
+                     [&](int64_t lo, int64_t hi) {
       for (int64_t row = lo; row < hi; ++row) {
         if (!seen[row]) std::fill(sums + row * d, sums + (row + 1) * d, Acc(0));
       }
@@ -1017,7 +1002,8 @@ struct LookupGradApplyFunctor {
     float* sums = scratch.flat<float>().data();
     std::vector<char> seen(m, 0);
     const std::vector<float> zeros(RowUpdate::kEveryRow ? d : 0, 0.f);
-    ScatterTokenRows(ctx, a, e, grad, sums, seen.data(), [&](int64_t lo, int64_t hi) {
+    ScatterTokenRows(ctx, a, e, grad, sums, seen.data(), SameRow(), m * d * kColumnCost,
+                     [&](int64_t lo, int64_t hi) {
       for (int64_t row = lo; row < hi; ++row) {
         if (seen[row]) {
           update(table + row * d, sums + row * d, row, d);
