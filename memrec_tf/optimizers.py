@@ -37,6 +37,11 @@ import tensorflow as tf
 keras = tf.keras
 
 
+def _is_number(value):
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class EmbeddingOptimizer:
     """The update a MemRecEmbedding applies to its token table (see the module).
 
@@ -49,9 +54,7 @@ class EmbeddingOptimizer:
 
     def __init__(self, learning_rate):
         schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
-        if not schedule and (isinstance(learning_rate, bool)
-                             or not isinstance(learning_rate, (int, float))
-                             or not learning_rate > 0):
+        if not schedule and not (_is_number(learning_rate) and learning_rate > 0):
             raise ValueError(
                 "learning_rate must be a positive number or a keras.optimizers.schedules."
                 f"LearningRateSchedule, got {learning_rate!r}")
@@ -141,7 +144,7 @@ class Adagrad(EmbeddingOptimizer):
         super().__init__(learning_rate)
         for key, value in (("initial_accumulator_value", initial_accumulator_value),
                            ("epsilon", epsilon)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if not (_is_number(value) and value >= 0):
                 raise ValueError(f"{key} must be a number >= 0, got {value!r}")
         self.initial_accumulator_value = float(initial_accumulator_value)
         self.epsilon = float(epsilon)
@@ -180,10 +183,9 @@ class Adam(EmbeddingOptimizer):
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         super().__init__(learning_rate)
         for key, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0 <= value < 1:
+            if not (_is_number(value) and 0 <= value < 1):
                 raise ValueError(f"{key} must be a number in [0, 1), got {value!r}")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
+        if not (_is_number(epsilon) and epsilon >= 0):
             raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 

@@ -29,9 +29,13 @@ def embedding_optimizer(embedding, optimizer, learning_rate):
     if embedding not in MEMREC_EMBEDDINGS:
         raise UsageError(f"--fused-update updates MEM-REC token tables: it applies to "
                          f"--embedding {' / '.join(MEMREC_EMBEDDINGS)}, not {embedding}")
-    if optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-    return optimizers.get(optimizer).__class__(learning_rate)
+    _check_optimizer(optimizer)
+    return type(optimizers.get(optimizer))(learning_rate)
+
+
+def _check_optimizer(name):
+    if name not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
 
 
 def embedding_options(method, embedding_dim, cardinalities, compression, overrides,
@@ -91,8 +95,7 @@ def embedding_options(method, embedding_dim, cardinalities, compression, overrid
 
 
 def compile_model(model, learning_rate, optimizer="adam"):
-    if optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    _check_optimizer(optimizer)
     model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate),
                   loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc", num_thresholds=4000),

@@ -83,11 +83,10 @@ def lookup_and_update(ids, row_splits, weights, token_table, weight_table, signa
         def generic_gradient(upstream):
             token_grad, weight_grad = tape.gradient(out, [table, weight_values],
                                                     output_gradients=upstream)
-            context = tf.distribute.get_replica_context()
-            if context is not None and context.num_replicas_in_sync > 1:
+            if _replicas() > 1:
                 # Each replica applies the same sum to its copy.
-                token_grad = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                tf.convert_to_tensor(token_grad))
+                token_grad = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, tf.convert_to_tensor(token_grad))
             update = optimizer.apply(token_table, token_grad, slots, iterations)
             with tf.control_dependencies([update]):
                 return _after_counting(iterations, weight_grad)
